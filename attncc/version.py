@@ -1,0 +1,3 @@
+"""Package version, used in every cache key."""
+
+__version__ = "0.1.0"
