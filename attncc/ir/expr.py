@@ -69,8 +69,15 @@ class Load(sp.Function):
         return sp.Integer(0)
 
 
-def load(name: str, *indices: sp.Expr) -> Load:
-    return Load(sp.Symbol(name), *[sp.sympify(i) for i in indices])
+class IntLoad(Load):
+    """A load from an integer-typed captured tensor (lengths, document ids, ...)."""
+
+    is_integer = True
+
+
+def load(name: str, *indices: sp.Expr, integer: bool = False) -> Load:
+    cls = IntLoad if integer else Load
+    return cls(sp.Symbol(name), *[sp.sympify(i) for i in indices])
 
 
 def where(cond: sp.Basic, a: sp.Expr, b_: sp.Expr) -> sp.Expr:
@@ -84,7 +91,7 @@ def where(cond: sp.Basic, a: sp.Expr, b_: sp.Expr) -> sp.Expr:
 
 _ALLOWED_FUNCS = (
     sp.Piecewise, sp.Min, sp.Max, sp.Abs, sp.exp, sp.log, sp.tanh, sp.floor, sp.ceiling,
-    sp.Mod, sp.sign, Load,
+    sp.Mod, sp.sign, Load, IntLoad,
 )
 _ALLOWED_ATOMS = (sp.Symbol, sp.Number, sp.logic.boolalg.BooleanAtom, sp.NumberSymbol)
 _ALLOWED_OPS = (

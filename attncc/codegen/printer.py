@@ -1,0 +1,256 @@
+"""Print sympy expressions of the IR vocabulary as Triton code.
+
+A :class:`TritonPrinter` is given a ``names`` table mapping each symbol to the
+code that holds its value in the kernel (``m -> offs_m[:, None]`` inside a
+tile, ``m_first`` for tile bounds, ``window -> p_window``) and a ``capture``
+callback that prints a captured-tensor load.  Integer ``//`` and ``%`` follow
+Python semantics (floor), through helpers emitted only when used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+from sympy.printing.str import StrPrinter
+
+from attncc.ir import expr as E
+
+HELPERS: dict[str, str] = {
+    "_tanh": '''@triton.jit
+def _tanh(x):
+    """tanh(x) = sign(x) * (1 - e^(-2|x|)) / (1 + e^(-2|x|)), stable for large |x|."""
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+''',
+    "_floordiv": '''@triton.jit
+def _floordiv(a, b):
+    """Python's a // b for integers (rounds toward -inf; Triton's // truncates)."""
+    q = a // b
+    return q - (((a % b) != 0) & ((a < 0) != (b < 0))).to(q.dtype)
+''',
+    "_pymod": '''@triton.jit
+def _pymod(a, b):
+    """Python's a % b for integers (result has the sign of b)."""
+    r = a % b
+    return r + (((r != 0) & ((r < 0) != (b < 0))).to(r.dtype) * b)
+''',
+}
+
+
+class TritonPrinter(StrPrinter):
+    """sympy -> Triton expression text; records which helpers it used."""
+
+    def __init__(self, names: dict[sp.Symbol, str], capture: Callable[[E.Load, "TritonPrinter"], str]) -> None:
+        super().__init__({"order": "none"})
+        self.names = names
+        self.capture = capture
+        self.helpers: set[str] = set()
+
+    def doprint(self, expr: sp.Basic) -> str:  # type: ignore[override]
+        return super().doprint(sp.sympify(expr))
+
+    def p(self, e: sp.Basic) -> str:
+        return self._print(e)
+
+    def _print_Symbol(self, s: sp.Symbol) -> str:
+        if s not in self.names:
+            raise KeyError(f"no kernel value for symbol '{s}'")
+        return self.names[s]
+
+    def _print_Integer(self, e: sp.Integer) -> str:
+        return str(int(e))
+
+    def _print_Float(self, e: sp.Float) -> str:
+        return repr(float(e))
+
+    def _print_Rational(self, e: sp.Rational) -> str:
+        return repr(float(e))
+
+    def _print_Infinity(self, e: sp.Basic) -> str:
+        return 'float("inf")'
+
+    def _print_NegativeInfinity(self, e: sp.Basic) -> str:
+        return 'float("-inf")'
+
+    def _print_Pi(self, e: sp.Basic) -> str:
+        return repr(float(sp.pi))
+
+    def _print_Exp1(self, e: sp.Basic) -> str:
+        return repr(float(sp.E))
+
+    def _print_BooleanTrue(self, e: sp.Basic) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, e: sp.Basic) -> str:
+        return "False"
+
+    def _print_Add(self, e: sp.Add) -> str:
+        terms = list(e.args)
+        out = self.p(terms[0])
+        for t in terms[1:]:
+            if t.could_extract_minus_sign():
+                out += f" - {self._wrap(-t)}"
+            else:
+                out += f" + {self.p(t)}"
+        return f"({out})"
+
+    def _wrap(self, e: sp.Basic) -> str:
+        s = self.p(e)
+        return s if (e.is_Atom or s.startswith("(")) else f"({s})"
+
+    def _print_Mul(self, e: sp.Mul) -> str:
+        num, den = [], []
+        for a in e.args:
+            if a.is_Pow and a.exp.is_negative and a.exp == -1:
+                den.append(a.base)
+            elif a.is_Rational and not a.is_Integer and a.p == 1:
+                den.append(sp.Integer(a.q))
+            else:
+                num.append(a)
+        if num and num[0] == -1:
+            num = num[1:]
+            sign = "-"
+        else:
+            sign = ""
+        top = " * ".join(self._wrap(a) for a in num) if num else "1.0"
+        if den:
+            bottom = " * ".join(self._wrap(a) for a in den)
+            top = f"{top} / ({bottom})" if len(den) > 1 else f"{top} / {bottom}"
+        return f"({sign}{top})"
+
+    def _print_Pow(self, e: sp.Pow) -> str:
+        base, ex = e.args
+        if ex == -1:
+            return f"(1.0 / {self._wrap(base)})"
+        if ex == sp.Rational(1, 2):
+            return f"tl.sqrt({self.p(base)})"
+        if ex == sp.Rational(-1, 2):
+            return f"tl.rsqrt({self.p(base)})"
+        if ex.is_Integer and 1 < int(ex) <= 4:
+            b_ = self._wrap(base)
+            return "(" + " * ".join([b_] * int(ex)) + ")"
+        if ex.is_Integer and -4 <= int(ex) < -1:
+            b_ = self._wrap(base)
+            return "(1.0 / (" + " * ".join([b_] * -int(ex)) + "))"
+        return f"tl.exp(tl.log({self.p(base)}) * {self._wrap(ex)})"
+
+    def _print_exp(self, e: sp.Basic) -> str:
+        return f"tl.exp({self.p(e.args[0])})"
+
+    def _print_log(self, e: sp.Basic) -> str:
+        return f"tl.log({self.p(e.args[0])})"
+
+    def _print_tanh(self, e: sp.Basic) -> str:
+        self.helpers.add("_tanh")
+        return f"_tanh({self.p(e.args[0])})"
+
+    def _print_cosh(self, e: sp.Basic) -> str:
+        a = self.p(e.args[0])
+        return f"(0.5 * (tl.exp({a}) + tl.exp(-({a}))))"
+
+    def _print_Abs(self, e: sp.Basic) -> str:
+        return f"tl.abs({self.p(e.args[0])})"
+
+    def _print_sign(self, e: sp.Basic) -> str:
+        a = self.p(e.args[0])
+        return f"tl.where({a} > 0, 1.0, tl.where({a} < 0, -1.0, 0.0))"
+
+    def _minmax(self, e: sp.Basic, fn: str) -> str:
+        args = [self.p(a) for a in e.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"tl.{fn}({out}, {a})"
+        return out
+
+    def _print_Min(self, e: sp.Basic) -> str:
+        return self._minmax(e, "minimum")
+
+    def _print_Max(self, e: sp.Basic) -> str:
+        return self._minmax(e, "maximum")
+
+    def _int_div(self, e: sp.Basic) -> tuple[sp.Expr, sp.Expr] | None:
+        """a/b with a, b integer expressions (``floor(a/b)``), else None."""
+        num, den = sp.fraction(sp.together(e))
+        if num.is_integer and den.is_integer:
+            return num, den
+        return None
+
+    def _print_floor(self, e: sp.Basic) -> str:
+        arg = e.args[0]
+        if arg.is_integer:
+            return self.p(arg)
+        nd = self._int_div(arg)
+        if nd is None:
+            return f"tl.floor({self.p(arg)})"
+        a, b_ = nd
+        if a.is_nonnegative and b_.is_positive:
+            return f"({self._wrap(a)} // {self._wrap(b_)})"
+        self.helpers.add("_floordiv")
+        return f"_floordiv({self.p(a)}, {self.p(b_)})"
+
+    def _print_ceiling(self, e: sp.Basic) -> str:
+        arg = e.args[0]
+        if arg.is_integer:
+            return self.p(arg)
+        nd = self._int_div(arg)
+        if nd is None:
+            return f"tl.ceil({self.p(arg)})"
+        a, b_ = nd
+        self.helpers.add("_floordiv")
+        return f"(-_floordiv(-({self.p(a)}), {self.p(b_)}))"
+
+    def _print_Mod(self, e: sp.Basic) -> str:
+        a, b_ = e.args
+        if a.is_nonnegative and b_.is_positive:
+            return f"({self._wrap(a)} % {self._wrap(b_)})"
+        self.helpers.add("_pymod")
+        return f"_pymod({self.p(a)}, {self.p(b_)})"
+
+    def _print_Piecewise(self, e: sp.Piecewise) -> str:
+        *pairs, last = e.args
+        out = self.p(last.expr) if last.cond is sp.true else 'float("nan")'
+        if last.cond is not sp.true:
+            pairs = [*pairs, last]
+        for expr, cond in reversed(pairs):
+            out = f"tl.where({self.p(cond)}, {self.p(expr)}, {out})"
+        return out
+
+    def _rel(self, e: sp.Basic, op: str) -> str:
+        return f"({self.p(e.lhs)} {op} {self.p(e.rhs)})"
+
+    def _print_StrictLessThan(self, e: sp.Basic) -> str:
+        return self._rel(e, "<")
+
+    def _print_LessThan(self, e: sp.Basic) -> str:
+        return self._rel(e, "<=")
+
+    def _print_StrictGreaterThan(self, e: sp.Basic) -> str:
+        return self._rel(e, ">")
+
+    def _print_GreaterThan(self, e: sp.Basic) -> str:
+        return self._rel(e, ">=")
+
+    def _print_Equality(self, e: sp.Basic) -> str:
+        return self._rel(e, "==")
+
+    def _print_Unequality(self, e: sp.Basic) -> str:
+        return self._rel(e, "!=")
+
+    def _print_And(self, e: sp.Basic) -> str:
+        return "(" + " & ".join(self.p(a) for a in e.args) + ")"
+
+    def _print_Or(self, e: sp.Basic) -> str:
+        return "(" + " | ".join(self.p(a) for a in e.args) + ")"
+
+    def _print_Not(self, e: sp.Basic) -> str:
+        return f"({self.p(e.args[0])} == 0)"
+
+    def _print_Function(self, e: sp.Basic) -> str:
+        if isinstance(e, E.Load):
+            return self.capture(e, self)
+        raise KeyError(f"no Triton form for function {type(e).__name__}")
+
+    _print_Load = _print_Function
+    _print_IntLoad = _print_Function

@@ -1,0 +1,296 @@
+"""Load spec files (TOML) into :class:`attncc.spec.model.Spec`.
+
+The file format is documented in ``docs/spec-format.md``.  Every error a user
+can cause is a one-line :class:`SpecError` with ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import sympy as sp
+
+from attncc.errors import SpecError
+from attncc.ir import expr as E
+from attncc.spec.model import CAPTURE_DTYPES, CaptureDecl, ParamDecl, Spec
+from attncc.spec.parser import Location, Scope, parse_expression
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+LIBRARY_DIR = Path(__file__).resolve().parents[2] / "specs"
+
+TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "cascade"}
+CASCADE_KEYS = {"score", "modify", "mask", "normalize", "output"}
+INPUT_ROLES = {"q": ("b", "h", "m", "d"), "k": ("b", "hk", "n", "d"), "v": ("b", "hk", "n", "e")}
+KNOWN_INDICES = ("b", "h", "hk", "m", "n", "d", "e")
+RESERVED = set(KNOWN_INDICES) | set(E.SIZE_SYMBOLS) | {"score", "scale", "q", "k", "v", "p"}
+
+
+def library() -> dict[str, Path]:
+    """Built-in specs: name -> file."""
+    return {p.stem: p for p in sorted(LIBRARY_DIR.glob("*.toml"))}
+
+
+def resolve(ref: str | Path) -> Spec:
+    """Load ``ref``: a path to a spec file, or the name of a built-in spec."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {ref}")
+        return load_file(path)
+    lib = library()
+    if str(ref) in lib:
+        return load_file(lib[str(ref)])
+    raise SpecError(f"unknown spec '{ref}': not a file and not a built-in ({', '.join(lib)})")
+
+
+def load_file(path: Path) -> Spec:
+    text = path.read_text(encoding="utf-8")
+    return load_text(text, str(path))
+
+
+class _Locator:
+    """Finds the line and column of ``key = "..."`` inside ``[section]`` of TOML text."""
+
+    def __init__(self, text: str, file: str) -> None:
+        self.file = file
+        self.lines = text.splitlines()
+
+    def find(self, section: str, key: str) -> Location:
+        current = ""
+        key_re = re.compile(rf"^\s*{re.escape(key)}\s*=\s*")
+        for i, line in enumerate(self.lines, start=1):
+            head = re.match(r"^\s*\[([^\]]+)\]", line)
+            if head:
+                current = head.group(1).strip()
+                continue
+            if current == section and (mo := key_re.match(line)):
+                rest = line[mo.end():]
+                quote = 1 if rest[:1] in "\"'" else 0
+                return Location(self.file, i, mo.end() + quote)
+        return Location(self.file)
+
+
+def load_text(text: str, file: str = "<spec>") -> Spec:
+    """Parse TOML text of a spec."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+), column (\d+)", str(exc))
+        where = f"{file}:{m.group(1)}:{m.group(2)}" if m else file
+        raise SpecError(f"invalid TOML: {str(exc).split(' (at')[0]}", where) from None
+    return _SpecBuilder(doc, _Locator(text, file)).build()
+
+
+class _SpecBuilder:
+    def __init__(self, doc: dict[str, Any], loc: _Locator) -> None:
+        self.doc = doc
+        self.loc = loc
+
+    def err(self, section: str, key: str, message: str) -> SpecError:
+        return SpecError(message, self.loc.find(section, key).at(None))
+
+    def table(self, key: str) -> dict[str, Any]:
+        val = self.doc.get(key, {})
+        if not isinstance(val, dict):
+            raise SpecError(f"'{key}' must be a table", self.loc.file)
+        return val
+
+    def build(self) -> Spec:
+        unknown = set(self.doc) - TOP_KEYS
+        if unknown:
+            raise self.err("", sorted(unknown)[0], f"unknown key '{sorted(unknown)[0]}'")
+        name = self.doc.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name):
+            raise self.err("", "name", "'name' must be an identifier-like string")
+        kv_head = self.inputs()
+        params = self.params()
+        captures = self.captures(params)
+        self.captures_ = list(captures.values())
+        cascade = self.table("cascade")
+        for key in cascade:
+            if key not in CASCADE_KEYS:
+                raise self.err("cascade", key, f"unknown cascade key '{key}' (expected {sorted(CASCADE_KEYS)})")
+        for key in ("score", "output"):
+            if key not in cascade:
+                raise SpecError(f"[cascade] needs '{key}'", self.loc.file)
+        scaled = self.score_einsum(cascade["score"])
+        self.output_einsum(cascade["output"])
+        norm = cascade.get("normalize", "softmax(n)")
+        if norm.replace(" ", "") != "softmax(n)":
+            raise self.err("cascade", "normalize", f"unsupported normalisation '{norm}' (only softmax(n))")
+        names = self.names(params)
+        tensors = {c.name: c.ndim for c in captures.values()}
+        modify = self.expr("modify", cascade.get("modify", "score"), {**names, "score": E.score}, tensors)
+        mask = self.expr("mask", cascade.get("mask", "True"), names, tensors)
+        if not isinstance(mask, sp.logic.boolalg.Boolean) or isinstance(mask, sp.Expr):
+            raise self.err("cascade", "mask", "the mask must be a condition (comparison or boolean)")
+        if isinstance(modify, sp.logic.boolalg.Boolean) and not isinstance(modify, sp.Expr):
+            raise self.err("cascade", "modify", "the score modification must be a number, not a condition")
+        self.check_used(captures, modify, mask)
+        return Spec(
+            name=name, description=str(self.doc.get("description", "")), source=self.loc.file,
+            kv_head=kv_head, scaled=scaled, modify=modify, mask=mask, params=params, captures=captures,
+        )
+
+    def inputs(self) -> sp.Expr:
+        inputs = self.table("inputs")
+        for role in INPUT_ROLES:
+            if role not in inputs:
+                raise SpecError(f"[inputs] needs '{role}'", self.loc.file)
+        for role, decl in inputs.items():
+            if role not in INPUT_ROLES:
+                raise self.err("inputs", role, f"unknown input '{role}' (inputs are q, k, v)")
+            got = tuple(str(decl).split())
+            for ix in got:
+                if ix not in KNOWN_INDICES:
+                    raise self.err("inputs", role, f"unknown index '{ix}' (indices: {' '.join(KNOWN_INDICES)})")
+            want = INPUT_ROLES[role]
+            alt = tuple("h" if i == "hk" else i for i in want)
+            if got not in (want, alt):
+                raise self.err("inputs", role, f"'{role}' must be declared '{' '.join(want)}' or "
+                               f"'{' '.join(alt)}', got '{decl}'")
+        uses_hk = "hk" in str(inputs["k"]).split() or "hk" in str(inputs["v"]).split()
+        if str(inputs["k"]).split()[1] != str(inputs["v"]).split()[1]:
+            raise self.err("inputs", "v", "k and v must use the same head index")
+        indices = self.table("indices")
+        for key in indices:
+            if key != "hk":
+                raise self.err("indices", key, f"only 'hk' (the key/value head) can be defined, not '{key}'")
+        if not uses_hk:
+            if indices:
+                raise self.err("indices", "hk", "'hk' is defined but k and v are indexed by h")
+            return E.h
+        if "hk" not in indices:
+            raise SpecError("k and v use 'hk': define it under [indices], e.g. hk = \"h // (H // HK)\"",
+                            self.loc.file)
+        scope = {"h": E.h, **E.SIZE_SYMBOLS}
+        expr = parse_expression(indices["hk"], Scope(scope), self.loc.find("indices", "hk"))
+        if not isinstance(expr, sp.Expr) or expr.free_symbols - {E.h, *E.SIZE_SYMBOLS.values()}:
+            raise self.err("indices", "hk", "'hk' must be an integer expression of h and sizes")
+        return expr
+
+    def params(self) -> dict[str, ParamDecl]:
+        out: dict[str, ParamDecl] = {}
+        for name, decl in self.table("params").items():
+            if name in RESERVED or not name.isidentifier() or name.startswith("_"):
+                raise self.err("params", name, f"parameter name '{name}' is reserved or invalid")
+            if isinstance(decl, bool) or not isinstance(decl, (int, float, dict)):
+                raise self.err("params", name, "a parameter is a number or {type, default, doc}")
+            if isinstance(decl, dict):
+                kind, default, doc = decl.get("type"), decl.get("default"), str(decl.get("doc", ""))
+            else:
+                kind, default, doc = ("int" if isinstance(decl, int) else "float"), decl, ""
+            if kind not in ("int", "float") or not isinstance(default, (int, float)) or isinstance(default, bool):
+                raise self.err("params", name, "parameter needs type 'int' or 'float' and a numeric default")
+            if kind == "int" and not isinstance(default, int):
+                raise self.err("params", name, f"int parameter '{name}' has non-integer default {default}")
+            out[name] = ParamDecl(name, kind, default if kind == "int" else float(default), doc)
+        return out
+
+    def captures(self, params: dict[str, ParamDecl]) -> dict[str, CaptureDecl]:
+        out: dict[str, CaptureDecl] = {}
+        for name, decl in self.table("captures").items():
+            if name in RESERVED or name in params or not name.isidentifier() or name.startswith("_"):
+                raise self.err("captures", name, f"capture name '{name}' is reserved, a param, or invalid")
+            if not isinstance(decl, dict) or "dims" not in decl:
+                raise self.err("captures", name, "a capture is a table {dims = \"...\", dtype = \"...\"}")
+            dims = tuple(str(decl["dims"]).split())
+            dtype = str(decl.get("dtype", "float32"))
+            if not dims:
+                raise self.err("captures", name, "a capture needs at least one dimension")
+            if dtype not in CAPTURE_DTYPES:
+                raise self.err("captures", name, f"unsupported dtype '{dtype}' ({', '.join(CAPTURE_DTYPES)})")
+            out[name] = CaptureDecl(name, dims, dtype, str(decl.get("doc", "")))
+        return out
+
+    def names(self, params: dict[str, ParamDecl]) -> dict[str, sp.Basic]:
+        names: dict[str, sp.Basic] = {**E.INDEX_SYMBOLS, **E.SIZE_SYMBOLS, "scale": E.scale}
+        names.update({p.name: p.symbol for p in params.values()})
+        return names
+
+    def expr(self, key: str, text: Any, names: dict[str, sp.Basic], tensors: dict[str, int]) -> sp.Basic:
+        if not isinstance(text, str):
+            raise self.err("cascade", key, f"'{key}' must be an expression string")
+        ints = frozenset(c.name for c in self.captures_ if c.dtype.startswith("int"))
+        return parse_expression(text, Scope(names, tensors, ints), self.loc.find("cascade", key))
+
+    def einsum_terms(self, key: str, text: Any) -> list[ast.expr]:
+        loc = self.loc.find("cascade", key)
+        if not isinstance(text, str):
+            raise self.err("cascade", key, f"'{key}' must be an einsum string")
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError as exc:
+            raise SpecError(f"syntax error: {exc.msg}", loc.at(None)) from None
+        terms: list[ast.expr] = []
+
+        def flatten(node: ast.expr) -> None:
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+                flatten(node.left)
+                flatten(node.right)
+            else:
+                terms.append(node)
+
+        flatten(tree)
+        return terms
+
+    def access(self, key: str, node: ast.expr) -> tuple[str, tuple[str, ...]]:
+        loc = self.loc.find("cascade", key)
+        if not (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)):
+            raise SpecError(f"expected a tensor access like q[b,h,m,d], got '{ast.unparse(node)}'", loc.at(node))
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        idx = []
+        for e in elts:
+            if not isinstance(e, ast.Name):
+                raise SpecError(f"einsum subscripts are plain indices, got '{ast.unparse(e)}'", loc.at(e))
+            if e.id not in KNOWN_INDICES:
+                raise SpecError(f"unknown index '{e.id}' (indices: {' '.join(KNOWN_INDICES)})", loc.at(e))
+            idx.append(e.id)
+        return node.value.id, tuple(idx)
+
+    def check_access(self, key: str, node: ast.expr, name: str, idx: tuple[str, ...]) -> None:
+        declared = tuple(str(self.table("inputs")[name]).split())
+        if idx != declared:
+            raise SpecError(f"'{name}' is declared [{','.join(declared)}] but indexed [{','.join(idx)}]",
+                            self.loc.find("cascade", key).at(node))
+
+    def score_einsum(self, text: Any) -> bool:
+        """Validate ``q[b,h,m,d] * k[b,hk,n,d] [* scale]``; return whether it is scaled."""
+        terms = self.einsum_terms("score", text)
+        loc = self.loc.find("cascade", "score")
+        tensors = [t for t in terms if isinstance(t, ast.Subscript)]
+        scalars = [t for t in terms if not isinstance(t, ast.Subscript)]
+        if [self.access("score", t)[0] for t in tensors] != ["q", "k"]:
+            raise SpecError("the score einsum must be q[...] * k[...] (optionally * scale)", loc.at(None))
+        for t in tensors:
+            name, idx = self.access("score", t)
+            self.check_access("score", t, name, idx)
+        for s in scalars:
+            if not (isinstance(s, ast.Name) and s.id == "scale"):
+                raise SpecError(f"only 'scale' may multiply the score einsum, got '{ast.unparse(s)}'", loc.at(s))
+        return bool(scalars)
+
+    def output_einsum(self, text: Any) -> None:
+        """Validate ``p[b,h,m,n] * v[b,hk,n,e]``."""
+        terms = self.einsum_terms("output", text)
+        loc = self.loc.find("cascade", "output")
+        accesses = [self.access("output", t) for t in terms]
+        if [a[0] for a in accesses] != ["p", "v"]:
+            raise SpecError("the output einsum must be p[b,h,m,n] * v[...]", loc.at(None))
+        if accesses[0][1] != ("b", "h", "m", "n"):
+            raise SpecError(f"'p' is indexed [b,h,m,n], got [{','.join(accesses[0][1])}]", loc.at(terms[0]))
+        self.check_access("output", terms[1], "v", accesses[1][1])
+
+    def check_used(self, captures: dict[str, CaptureDecl], modify: sp.Basic, mask: sp.Basic) -> None:
+        used = {ld.tensor_name for ld in E.loads(modify) + E.loads(mask)}
+        for name in captures:
+            if name not in used:
+                raise self.err("captures", name, f"capture '{name}' is declared but never used")

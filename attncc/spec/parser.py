@@ -1,0 +1,234 @@
+"""Safe parsing of spec expressions: Python ``ast`` with a whitelist, lowered to sympy.
+
+Nothing in a spec is ever passed to ``eval``, ``exec`` or ``sympify``.  An
+expression is parsed by :func:`ast.parse` in ``eval`` mode, every node is checked
+against a whitelist, and the tree is lowered node by node into the vocabulary of
+:mod:`attncc.ir.expr`.  Anything else (attribute access, imports, lambdas,
+dunder names, unknown functions or names, keyword arguments, starred
+arguments, strings) is rejected with a one-line :class:`SpecError` naming the
+file, line and column.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from attncc.errors import SpecError
+from attncc.ir import expr as E
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an expression string sits in its source (1-based line, 0-based column)."""
+
+    file: str
+    line: int = 0
+    col: int = 0
+
+    def at(self, node: ast.AST | None) -> str:
+        if not self.line:
+            return self.file
+        if node is None or not hasattr(node, "col_offset"):
+            return f"{self.file}:{self.line}:{self.col + 1}"
+        line = self.line + node.lineno - 1
+        col = (self.col if node.lineno == 1 else 0) + node.col_offset
+        return f"{self.file}:{line}:{col + 1}"
+
+
+@dataclass
+class Scope:
+    """Names an expression may use.
+
+    ``names`` maps plain names to sympy symbols; ``tensors`` maps each captured
+    tensor name to its number of indices; ``score`` says whether ``score`` is
+    visible (score modifications) or not (mask predicates).
+    """
+
+    names: Mapping[str, sp.Basic]
+    tensors: Mapping[str, int] = field(default_factory=dict)
+    int_tensors: frozenset[str] = frozenset()
+
+
+def _clamp(x: sp.Expr, lo: sp.Expr, hi: sp.Expr) -> sp.Expr:
+    return sp.Min(sp.Max(x, lo), hi)
+
+
+def _sigmoid(x: sp.Expr) -> sp.Expr:
+    return 1 / (1 + sp.exp(-x))
+
+
+# name -> (number of arguments, builder)
+FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Basic]]] = {
+    "abs": (1, sp.Abs),
+    "exp": (1, sp.exp),
+    "log": (1, sp.log),
+    "sqrt": (1, sp.sqrt),
+    "tanh": (1, sp.tanh),
+    "sigmoid": (1, _sigmoid),
+    "floor": (1, sp.floor),
+    "ceil": (1, sp.ceiling),
+    "sign": (1, sp.sign),
+    "min": (2, sp.Min),
+    "max": (2, sp.Max),
+    "clamp": (3, _clamp),
+    "where": (3, E.where),
+}
+
+CONSTANTS: dict[str, sp.Basic] = {"inf": sp.oo, "pi": sp.pi, "True": sp.true, "False": sp.false}
+
+_BINOPS: dict[type, Callable[[sp.Basic, sp.Basic], sp.Basic]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: sp.floor(a / b),
+    ast.Mod: lambda a, b: sp.Mod(a, b),
+    ast.Pow: lambda a, b: a**b,
+    ast.BitAnd: lambda a, b: sp.And(_as_bool(a), _as_bool(b)),
+    ast.BitOr: lambda a, b: sp.Or(_as_bool(a), _as_bool(b)),
+}
+_CMPOPS: dict[type, Callable[[sp.Basic, sp.Basic], sp.Basic]] = {
+    ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge, ast.Eq: sp.Eq, ast.NotEq: sp.Ne,
+}
+
+
+def _as_bool(x: sp.Basic) -> sp.Basic:
+    if isinstance(x, sp.logic.boolalg.Boolean) and not isinstance(x, sp.Expr):
+        return x
+    raise TypeError("expected a condition (comparison or boolean)")
+
+
+class _Lowering:
+    """Lowers one whitelisted Python expression tree to sympy."""
+
+    def __init__(self, scope: Scope, loc: Location) -> None:
+        self.scope = scope
+        self.loc = loc
+
+    def fail(self, node: ast.AST | None, message: str) -> SpecError:
+        return SpecError(message, self.loc.at(node))
+
+    def __call__(self, node: ast.AST) -> sp.Basic:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"'{_describe(node)}' is not allowed in a spec expression")
+        try:
+            return method(node)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SpecError):
+                raise
+            raise self.fail(node, str(exc).split("\n")[0]) from None
+
+    def visit_Expression(self, node: ast.Expression) -> sp.Basic:
+        return self(node.body)
+
+    def visit_Constant(self, node: ast.Constant) -> sp.Basic:
+        v = node.value
+        if isinstance(v, bool):
+            return sp.true if v else sp.false
+        if isinstance(v, int):
+            return sp.Integer(v)
+        if isinstance(v, float):
+            return sp.Float(v)
+        raise self.fail(node, f"constant {v!r} is not a number")
+
+    def visit_Name(self, node: ast.Name) -> sp.Basic:
+        name = node.id
+        if name.startswith("_"):
+            raise self.fail(node, f"name '{name}' is not allowed")
+        if name in self.scope.names:
+            return self.scope.names[name]
+        if name in CONSTANTS:
+            return CONSTANTS[name]
+        if name in self.scope.tensors:
+            raise self.fail(node, f"captured tensor '{name}' must be indexed, e.g. {name}[h]")
+        raise self.fail(node, f"unknown name '{name}'")
+
+    def visit_BinOp(self, node: ast.BinOp) -> sp.Basic:
+        op = _BINOPS.get(type(node.op))
+        if op is None:
+            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
+        return op(self(node.left), self(node.right))
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> sp.Basic:
+        x = self(node.operand)
+        if isinstance(node.op, ast.USub):
+            return -x
+        if isinstance(node.op, ast.UAdd):
+            return x
+        if isinstance(node.op, (ast.Not, ast.Invert)):
+            return sp.Not(_as_bool(x))
+        raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> sp.Basic:
+        vals = [_as_bool(self(v)) for v in node.values]
+        return sp.And(*vals) if isinstance(node.op, ast.And) else sp.Or(*vals)
+
+    def visit_Compare(self, node: ast.Compare) -> sp.Basic:
+        terms = [self(node.left)] + [self(c) for c in node.comparators]
+        parts = []
+        for op, lhs, rhs in zip(node.ops, terms[:-1], terms[1:], strict=True):
+            fn = _CMPOPS.get(type(op))
+            if fn is None:
+                raise self.fail(node, f"comparison {type(op).__name__} is not allowed")
+            parts.append(fn(lhs, rhs))
+        return sp.And(*parts)
+
+    def visit_IfExp(self, node: ast.IfExp) -> sp.Basic:
+        return E.where(_as_bool(self(node.test)), self(node.body), self(node.orelse))
+
+    def visit_Call(self, node: ast.Call) -> sp.Basic:
+        if not isinstance(node.func, ast.Name):
+            raise self.fail(node, f"only plain function calls are allowed, not '{_describe(node.func)}'")
+        name = node.func.id
+        if name not in FUNCTIONS:
+            raise self.fail(node, f"unknown function '{name}' (allowed: {', '.join(sorted(FUNCTIONS))})")
+        if node.keywords:
+            raise self.fail(node, f"{name}() takes no keyword arguments")
+        arity, build = FUNCTIONS[name]
+        if len(node.args) != arity:
+            raise self.fail(node, f"{name}() takes {arity} argument(s), got {len(node.args)}")
+        args = [self(a) for a in node.args]
+        if name == "where":
+            args[0] = _as_bool(args[0])
+        return build(*args)
+
+    def visit_Subscript(self, node: ast.Subscript) -> sp.Basic:
+        if not isinstance(node.value, ast.Name):
+            raise self.fail(node, "only captured tensors may be indexed")
+        name = node.value.id
+        if name not in self.scope.tensors:
+            raise self.fail(node, f"'{name}' is not a captured tensor of this spec")
+        idx = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        want = self.scope.tensors[name]
+        if len(idx) != want:
+            raise self.fail(node, f"'{name}' has {want} index(es), indexed with {len(idx)}")
+        return E.load(name, *[self(i) for i in idx], integer=name in self.scope.int_tensors)
+
+
+def _describe(node: ast.AST) -> str:
+    try:
+        return ast.unparse(node)
+    except Exception:  # noqa: BLE001 - description only
+        return type(node).__name__
+
+
+def parse_expression(text: str, scope: Scope, loc: Location) -> sp.Basic:
+    """Parse one spec expression into sympy, or raise a one-line ``SpecError``."""
+    if not isinstance(text, str):
+        raise SpecError("expected an expression string", loc.at(None))
+    if "\n" in text.strip():
+        raise SpecError("an expression must fit on one line", loc.at(None))
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        col = (exc.offset or 1) - 1
+        node = ast.Constant(0, lineno=1, col_offset=col)
+        raise SpecError(f"syntax error: {exc.msg}", loc.at(node)) from None
+    out = _Lowering(scope, loc)(tree)
+    E.check_vocabulary(out, loc.at(None))
+    return out
