@@ -75,10 +75,10 @@ def _load_helper(name: str, ndim: int) -> str:
     idx = [f"i{i}" for i in range(ndim)]
     params = ", ".join(["ptr", *[f"stride{i}" for i in range(ndim)], *[f"size{i}" for i in range(ndim)], *idx])
     ok = " & ".join(f"({i} >= 0) & ({i} < size{k})" for k, i in enumerate(idx))
-    off = " + ".join(f"{i} * stride{k}" for k, i in enumerate(idx))
+    off = " + ".join(f"tl.minimum(tl.maximum({i}, 0), size{k} - 1) * stride{k}" for k, i in enumerate(idx))
     return (f"@triton.jit\ndef _load_{name}({params}):\n"
-            f'    """{name}[{", ".join(idx)}]; indices outside the tensor read 0."""\n'
-            f"    ok = {ok}\n    return tl.load(ptr + {off}, mask=ok, other=0)\n")
+            f'    """{name}[{", ".join(idx)}]; indices outside the tensor read 0 (loads are clamped in range)."""\n'
+            f"    ok = {ok}\n    x = tl.load(ptr + {off})\n    return tl.where(ok, x, 0)\n")
 
 
 def _segment_code(k: int, total: int, seg: Segment, pr: TritonPrinter, tile_call: str) -> str:
