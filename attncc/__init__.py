@@ -8,8 +8,29 @@ and get a fused Triton kernel::
     causal = attncc.load("causal"); out = causal(q, k, v)
 """
 
-from attncc.errors import AttnccError, CompileError, InputError, SpecError
-from attncc.runtime.api import (
+import os as _os
+import sys as _sys
+
+
+def _select_interpreter() -> None:
+    """Without a GPU, run kernels in Triton's interpreter (``TRITON_INTERPRET=1``).
+
+    Triton binds its interpreter when ``triton.language`` is imported, so this
+    runs before attncc imports triton.  An explicit ``TRITON_INTERPRET`` (0 or 1)
+    in the environment always wins.
+    """
+    if "TRITON_INTERPRET" in _os.environ or "triton.language" in _sys.modules:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        _os.environ["TRITON_INTERPRET"] = "1"
+
+
+_select_interpreter()
+
+from attncc.errors import AttnccError  # noqa: E402, CompileError, InputError, SpecError
+from attncc.runtime.api import (  # noqa: E402
     BlockMask,
     CompiledAttention,
     attention,
@@ -17,7 +38,7 @@ from attncc.runtime.api import (
     flex_attention,
     load,
 )
-from attncc.version import __version__
+from attncc.version import __version__  # noqa: E402
 
 __all__ = [
     "AttnccError", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",

@@ -42,7 +42,7 @@ def _pymod(a, b):
 class TritonPrinter(StrPrinter):
     """sympy -> Triton expression text; records which helpers it used."""
 
-    def __init__(self, names: dict[sp.Symbol, str], capture: Callable[[E.Load, "TritonPrinter"], str]) -> None:
+    def __init__(self, names: dict[sp.Symbol, str], capture: Callable[[E.Load, TritonPrinter], str]) -> None:
         super().__init__({"order": "none"})
         self.names = names
         self.capture = capture

@@ -1,0 +1,165 @@
+"""The ``attncc`` command line: compile | explain | check | specs | tune | cache.
+
+Errors a user can cause print one line to stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attncc.errors import AttnccError
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AttnccError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not B,H,M,N,D[,E] integers") from None
+    if len(dims) not in (5, 6) or min(dims) < 1:
+        raise click.BadParameter(f"'{text}' must be 5 or 6 positive integers: B,H,M,N,D[,E]")
+    return dims
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{item}' is not NAME=VALUE")
+        try:
+            out[key] = int(val)
+        except ValueError:
+            try:
+                out[key] = float(val)
+            except ValueError:
+                raise click.BadParameter(f"'{item}': value is not a number") from None
+    return out
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="attncc")
+def main() -> None:
+    """attncc: compile attention specs into fused Triton kernels."""
+
+
+@main.command()
+def specs() -> None:
+    """List the built-in spec library."""
+    from attncc.spec.loader import library, load_file
+
+    for name, path in library().items():
+        click.echo(f"{name:26s} {load_file(path).description}")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="write the module here")
+@click.option("--target", default=None, help="also compile ahead of time for this GPU, e.g. sm_90")
+@click.option("--report", is_flag=True, help="with --target: print registers, spills, shared memory")
+@click.option("--dtype", type=click.Choice(DTYPES), multiple=True, help="dtypes to report (default fp16, bf16)")
+@click.option("--head-dim", type=int, multiple=True, help="head dims to report (default 64, 128)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+def compile(spec: str, output: Path | None, target: str | None, report: bool, dtype: tuple[str, ...],
+            head_dim: tuple[int, ...], as_json: bool) -> None:
+    """Compile SPEC (file or built-in name) to a standalone Triton module."""
+    from attncc.runtime.api import load
+
+    fn = load(spec)
+    if output is not None:
+        output.write_text(fn.source)
+        if not as_json:
+            click.echo(f"wrote {output} ({len(fn.source.splitlines())} lines)", err=True)
+    elif not report:
+        click.echo(fn.source)
+    if report and target is None:
+        raise click.UsageError("--report needs --target, e.g. --target sm_90")
+    if target is not None:
+        _report(fn, target, dtype or ("fp16", "bf16"), head_dim or (64, 128), report, as_json)
+
+
+def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int, ...], show: bool,
+            as_json: bool) -> None:
+    from attncc.codegen.aot import format_reports
+    from attncc.runtime.aot_spec import report_fwd
+
+    reports = [report_fwd(fn, target, dt, hd) for dt in dtypes for hd in head_dims]
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in reports], indent=2))
+    elif show:
+        click.echo(format_reports(reports))
+    else:
+        click.echo(f"compiled {len(reports)} kernel(s) for {target}", err=True)
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--shape", default=None, help="B,H,M,N,D[,E] for tile statistics")
+@click.option("--param", "params", multiple=True, help="spec parameter NAME=VALUE")
+@click.option("--json", "as_json", is_flag=True)
+def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool) -> None:
+    """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
+    from attncc.runtime.api import load
+    from attncc.runtime.explain import explain as run_explain
+    from attncc.runtime.explain import format_explain
+
+    fn = load(spec)
+    info = run_explain(fn.generated.graph, parse_shape(shape), _checked_params(fn.spec, parse_params(params)))
+    click.echo(json.dumps(info, indent=2) if as_json else format_explain(info))
+
+
+def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, float | int]:
+    unknown = set(params) - set(spec.params)
+    if unknown:
+        raise click.BadParameter(f"unknown parameter(s) {sorted(unknown)}; {spec.name} takes {sorted(spec.params)}")
+    return params
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--shape", default="1,2,77,77,32", show_default=True, help="B,H,M,N,D[,E]")
+@click.option("--dtype", type=click.Choice(("fp16", "fp32")), default="fp32", show_default=True)
+@click.option("--param", "params", multiple=True, help="spec parameter NAME=VALUE")
+@click.option("--json", "as_json", is_flag=True)
+def check(spec: str, shape: str, dtype: str, params: tuple[str, ...], as_json: bool) -> None:
+    """Run SPEC's kernel here (interpreter without GPU) against the spec's dense reference."""
+    from attncc.runtime.check import run_check
+
+    dims = parse_shape(shape)
+    assert dims is not None
+    result = run_check(spec, dims, dtype, parse_params(params))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{result['spec']} {result['dtype']} shape {result['shape']} on {result['device']}: "
+                   f"output max err {result['out_err']:.3g} (torch {dtype} {result['torch_out_err']:.3g}), "
+                   f"lse max err {result['lse_err']:.3g} -> {'PASS' if result['ok'] else 'FAIL'}")
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def _register_autotune() -> None:
+    from attncc.autotune.cli import cache, tune
+
+    main.add_command(tune)
+    main.add_command(cache)
+
+
+_register_autotune()
