@@ -9,7 +9,7 @@ from types import ModuleType
 import networkx as nx
 
 from attncc.codegen import cache
-from attncc.codegen.prefill import render, template_text
+from attncc.codegen.prefill import render, schedule_templates
 from attncc.passes import lower
 from attncc.spec.model import Spec
 
@@ -30,7 +30,7 @@ def generate(spec: Spec) -> Generated:
     """Lower ``spec`` and produce its source, from the disk cache when present."""
     g = lower(spec)
     sched = g.graph["schedule"]
-    key = cache.source_key(spec.canonical(), template_text(sched.template), sched.name)
+    key = cache.source_key(spec.canonical(), schedule_templates(sched.template), sched.name)
     text = cache.read(key)
     if text is None:
         text = render(g, key)

@@ -13,9 +13,11 @@ from pathlib import Path
 import networkx as nx
 import sympy as sp
 
+from attncc.codegen.backward import backward_hooks as _backward_hooks
+from attncc.codegen.loops import segments_code as _segments
 from attncc.codegen.printer import HELPERS, TritonPrinter
 from attncc.ir import expr as E
-from attncc.passes.mask_analysis import MaskAnalysis, Segment, m_first, m_last
+from attncc.passes.mask_analysis import MaskAnalysis, m_first, m_last, n_first, n_last
 from attncc.spec.model import Spec
 from attncc.version import __version__
 
@@ -31,6 +33,11 @@ DEFAULT_CONFIGS: dict[int, dict[str, int]] = {
 
 def template_text(name: str) -> str:
     return (TEMPLATE_DIR / f"{name}.py.tmpl").read_text()
+
+
+def schedule_templates(name: str) -> str:
+    """All template text a schedule renders (forward + backward), for cache keys."""
+    return template_text(name) + template_text("prefill_bwd")
 
 
 class _Context:
@@ -57,7 +64,7 @@ class _Context:
         if tile:
             names.update({E.m: "offs_m[:, None]", E.n: "offs_n[None, :]", E.score: "s"})
         else:
-            names.update({m_first: "m_first", m_last: "m_last"})
+            names.update({m_first: "m_first", m_last: "m_last", n_first: "n_first", n_last: "n_last"})
         return TritonPrinter(names, self.print_load)
 
     def print_load(self, ld: E.Load, pr: TritonPrinter) -> str:
@@ -79,27 +86,6 @@ def _load_helper(name: str, ndim: int) -> str:
     return (f"@triton.jit\ndef _load_{name}({params}):\n"
             f'    """{name}[{", ".join(idx)}]; indices outside the tensor read 0 (loads are clamped in range)."""\n'
             f"    ok = {ok}\n    x = tl.load(ptr + {off})\n    return tl.where(ok, x, 0)\n")
-
-
-def _segment_code(k: int, total: int, seg: Segment, pr: TritonPrinter, tile_call: str) -> str:
-    lines = [f"    # segment {k + 1} of {total}: keys where {seg.conjunct}",
-             f"    #   visited keys: [{seg.lo}, {seg.hi})"]
-    lines.append(f"    seg_lo = tl.maximum(({pr.p(seg.lo)}) // BLOCK_N * BLOCK_N, visited_end)")
-    lines.append(f"    seg_end = tl.maximum(tl.cdiv({pr.p(seg.hi)}, BLOCK_N) * BLOCK_N, seg_lo)")
-    if seg.full_lo is None or seg.full_hi is None:
-        lines.append("    #   no tile is known to be full: every tile evaluates the mask")
-        lines.append("    for n0 in range(seg_lo, seg_end, BLOCK_N):")
-        lines.append(f"        {tile_call.format(masked='True')}")
-    else:
-        lines.append(f"    #   full (mask-free) tiles inside: [{seg.full_lo}, {seg.full_hi})")
-        lines.append(f"    full_lo = tl.minimum(tl.maximum(tl.cdiv({pr.p(seg.full_lo)}, BLOCK_N) * BLOCK_N, seg_lo), seg_end)")
-        lines.append(f"    full_hi = tl.maximum(tl.minimum(({pr.p(seg.full_hi)}) // BLOCK_N * BLOCK_N, seg_end), full_lo)")
-        for lo, hi, masked in (("seg_lo", "full_lo", "True"), ("full_lo", "full_hi", "False"),
-                               ("full_hi", "seg_end", "True")):
-            lines.append(f"    for n0 in range({lo}, {hi}, BLOCK_N):")
-            lines.append(f"        {tile_call.format(masked=masked)}")
-    lines.append("    visited_end = seg_end")
-    return "\n".join(lines)
 
 
 def _header(g: nx.DiGraph, source_key: str) -> str:
@@ -127,13 +113,10 @@ def render(g: nx.DiGraph, source_key: str) -> str:
     call_args = f"off_b, off_h, offs_m, offs_n, {ctx.all}"
     tile_call = ("acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K_base, V_base, n0, offs_m, offs_d, offs_e, "
                  f"off_b, off_h, stride_kn, stride_vn, {ctx.all}, HEAD_D, HEAD_E, BLOCK_N, {{masked}}, DOT_PRECISION)")
-    analysis: MaskAnalysis = g.graph["mask"]
-    segs = analysis.segments
-    seg_code = "\n".join(_segment_code(i, len(segs), s, bound_pr, tile_call) for i, s in enumerate(segs))
-    if not segs:
-        seg_code = "    # the mask is never true: no key tile is visited"
+    seg_code = _segments(g.graph["mask"], bound_pr, tile_call)
     kv_head = bound_pr.doprint(spec.kv_head)
-    helpers = sorted(tile_pr.helpers | bound_pr.helpers)
+    bwd = _backward_hooks(g, ctx, tile_pr, call_args)
+    helpers = sorted(tile_pr.helpers | bound_pr.helpers | bwd.pop("_helpers"))
     helper_src = []
     for name in helpers:
         if name.startswith("_load_"):
@@ -163,7 +146,8 @@ def render(g: nx.DiGraph, source_key: str) -> str:
         "PARAM_DEFAULTS": repr({p.name: p.default for p in spec.params.values()}),
         "GQA_CHECK": gqa,
     }
-    text = template_text(g.graph["schedule"].template)
+    hooks.update(bwd)
+    text = template_text(g.graph["schedule"].template) + template_text("prefill_bwd")
     for key, val in hooks.items():
         text = text.replace("{{" + key + "}}", val)
     if "{{" in text:

@@ -254,3 +254,54 @@ class TritonPrinter(StrPrinter):
 
     _print_Load = _print_Function
     _print_IntLoad = _print_Function
+
+
+class TorchPrinter(TritonPrinter):
+    """sympy -> torch expression text (for index arithmetic in generated launchers).
+
+    Values are wrapped with ``_t`` (``torch.as_tensor``) where torch needs tensors.
+    """
+
+    def _minmax(self, e: sp.Basic, fn: str) -> str:
+        args = [self.p(a) for a in e.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"torch.{fn}(_t({out}), _t({a}))"
+        return out
+
+    def _print_Abs(self, e: sp.Basic) -> str:
+        return f"torch.abs(_t({self.p(e.args[0])}))"
+
+    def _print_floor(self, e: sp.Basic) -> str:
+        arg = e.args[0]
+        if arg.is_integer:
+            return self.p(arg)
+        nd = self._int_div(arg)
+        if nd is None:
+            return f"torch.floor(_t({self.p(arg)}))"
+        return f'torch.div(_t({self.p(nd[0])}), {self.p(nd[1])}, rounding_mode="floor")'
+
+    def _print_ceiling(self, e: sp.Basic) -> str:
+        arg = e.args[0]
+        if arg.is_integer:
+            return self.p(arg)
+        nd = self._int_div(arg)
+        if nd is None:
+            return f"torch.ceil(_t({self.p(arg)}))"
+        return f'(-torch.div(-_t({self.p(nd[0])}), {self.p(nd[1])}, rounding_mode="floor"))'
+
+    def _print_Mod(self, e: sp.Basic) -> str:
+        return f"torch.remainder(_t({self.p(e.args[0])}), {self.p(e.args[1])})"
+
+    def _print_Piecewise(self, e: sp.Piecewise) -> str:
+        *pairs, last = e.args
+        out = self.p(last.expr)
+        for expr, cond in reversed(pairs):
+            out = f"torch.where(_t({self.p(cond)}), _t({self.p(expr)}), _t({out}))"
+        return out
+
+    def _print_Function(self, e: sp.Basic) -> str:
+        raise KeyError(f"no torch form for {type(e).__name__} in an index expression")
+
+    _print_Load = _print_Function
+    _print_IntLoad = _print_Function

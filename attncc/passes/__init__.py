@@ -15,7 +15,7 @@ from attncc.ir import expr as E
 from attncc.ir.build import build_cascade, x
 from attncc.ir.graph import PassRecord, replace_uses
 from attncc.ir.verify import verify
-from attncc.passes.mask_analysis import analyse
+from attncc.passes.mask_analysis import KEYS, QUERIES, analyse
 from attncc.passes.online_softmax import online_softmax
 from attncc.passes.schedule import choose_schedule
 from attncc.spec.model import Spec
@@ -38,8 +38,9 @@ def analyse_mask(g: nx.DiGraph) -> PassRecord:
     """Attach :class:`MaskAnalysis` to the graph (``g.graph['mask']``)."""
     masks = [n for n in g if g.nodes[n]["op"] == "mask"]
     pred = g.nodes[masks[0]]["pred"] if masks else sp.true
-    g.graph["mask"] = analyse(pred)
-    return PassRecord("analyse_mask", True, g.graph["mask"].note)
+    g.graph["mask"] = analyse(pred, KEYS)
+    g.graph["mask_t"] = analyse(pred, QUERIES)
+    return PassRecord("analyse_mask", True, f"{g.graph['mask'].note}; per key tile: {g.graph['mask_t'].note}")
 
 
 def score_gradient(g: nx.DiGraph) -> PassRecord:

@@ -30,6 +30,27 @@ MAX_ATOMS_FOR_DNF = 10
 
 m_first = sp.Symbol("m_first", integer=True, nonnegative=True)
 m_last = sp.Symbol("m_last", integer=True, nonnegative=True)
+n_first = sp.Symbol("n_first", integer=True, nonnegative=True)
+n_last = sp.Symbol("n_last", integer=True, nonnegative=True)
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Which index is swept (``var``, extent ``size``) and which one is tiled (``row``).
+
+    Forward and dQ sweep keys ``n`` for a query tile; dK/dV sweeps queries ``m``
+    for a key tile.
+    """
+
+    var: sp.Symbol
+    row: sp.Symbol
+    size: sp.Symbol
+    first: sp.Symbol
+    last: sp.Symbol
+
+
+KEYS = Direction(E.n, E.m, E.SIZE_SYMBOLS["N"], m_first, m_last)
+QUERIES = Direction(E.m, E.n, E.SIZE_SYMBOLS["M"], n_first, n_last)
 
 
 @dataclass(frozen=True)
@@ -91,18 +112,18 @@ def normalise(pred: sp.Basic) -> sp.Basic:
 
 
 # --- bounds ---------------------------------------------------------------------------------
-def _bound(atom: sp.Basic) -> tuple[sp.Expr | None, sp.Expr | None] | None:
-    """``(lo, hi)`` on n implied by one atom, or ``None`` if the atom is opaque."""
-    if not isinstance(atom, sp.core.relational.Relational) or E.n not in atom.free_symbols:
+def _bound(atom: sp.Basic, var: sp.Symbol) -> tuple[sp.Expr | None, sp.Expr | None] | None:
+    """``(lo, hi)`` on ``var`` implied by one atom, or ``None`` if the atom is opaque."""
+    if not isinstance(atom, sp.core.relational.Relational) or var not in atom.free_symbols:
         return None
-    if any(E.n in ld.free_symbols for ld in E.loads(atom)):
+    if any(var in ld.free_symbols for ld in E.loads(atom)):
         return None
     diff = sp.expand(atom.lhs - atom.rhs)
-    c = sp.diff(diff, E.n)
+    c = sp.diff(diff, var)
     if not c.is_number or c == 0:
         return None
-    t = sp.simplify(-(diff - c * E.n) / c)  # atom is "c*(n - t) OP 0"
-    if E.n in t.free_symbols:
+    t = sp.simplify(-(diff - c * var) / c)  # atom is "c*(var - t) OP 0"
+    if var in t.free_symbols:
         return None
     op = type(atom)
     if c < 0:
@@ -155,25 +176,25 @@ def _combine(signs: list[int | None]) -> int | None:
     return nonzero.pop() if nonzero else 0
 
 
-def _extreme(expr: sp.Expr, want: str) -> sp.Expr | None:
-    """min (want="min") or max of ``expr`` over m in [m_first, m_last]."""
-    mono = monotonicity(expr)
+def _extreme(expr: sp.Expr, want: str, d: Direction) -> sp.Expr | None:
+    """min (want="min") or max of ``expr`` over the row index in [first, last]."""
+    mono = monotonicity(expr, d.row)
     if mono is None:
         return None
     if mono == 0:
         return expr
     at_first = (mono > 0) == (want == "min")
-    return expr.subs(E.m, m_first if at_first else m_last)
+    return expr.subs(d.row, d.first if at_first else d.last)
 
 
-def _segment(conjunct: sp.Basic) -> Segment:
-    N = E.SIZE_SYMBOLS["N"]
+def _segment(conjunct: sp.Basic, d: Direction) -> Segment:
+    N = d.size
     atoms = conjunct.args if isinstance(conjunct, sp.And) else (conjunct,)
     los: list[sp.Expr] = [sp.Integer(0)]
     his: list[sp.Expr] = [N]
     exact = True
     for atom in atoms:
-        bnd = _bound(atom)
+        bnd = _bound(atom, d.var)
         if bnd is None:
             exact = False
             continue
@@ -182,12 +203,12 @@ def _segment(conjunct: sp.Basic) -> Segment:
         if bnd[1] is not None:
             his.append(bnd[1])
     lo_m, hi_m = sp.Max(*los), sp.Min(*his)
-    lo = _extreme(lo_m, "min")
-    hi = _extreme(hi_m, "max")
+    lo = _extreme(lo_m, "min", d)
+    hi = _extreme(hi_m, "max", d)
     if lo is None or hi is None:
         return Segment(conjunct, sp.Integer(0), N, None, None)
-    full_lo = _extreme(lo_m, "max") if exact else None
-    full_hi = _extreme(hi_m, "min") if exact else None
+    full_lo = _extreme(lo_m, "max", d) if exact else None
+    full_hi = _extreme(hi_m, "min", d) if exact else None
     if full_lo is None or full_hi is None:
         full_lo = full_hi = None
     return Segment(conjunct, lo, hi, full_lo, full_hi)
@@ -206,9 +227,9 @@ def _nonneg_by_max(big: sp.Expr, small: sp.Expr) -> bool:
     return isinstance(big, sp.Max) and small in big.args
 
 
-def analyse(pred: sp.Basic) -> MaskAnalysis:
-    """Derive the segments of ``pred``; see the module docstring."""
-    N = E.SIZE_SYMBOLS["N"]
+def analyse(pred: sp.Basic, d: Direction = KEYS) -> MaskAnalysis:
+    """Derive the segments of ``pred`` along ``d``; see the module docstring."""
+    N = d.size
     pred = normalise(pred)
     if pred is sp.true:
         return MaskAnalysis(pred, (Segment(pred, sp.Integer(0), N, sp.Integer(0), N),), True, "no mask")
@@ -216,18 +237,18 @@ def analyse(pred: sp.Basic) -> MaskAnalysis:
         return MaskAnalysis(pred, (), False, "everything masked")
     atoms = pred.atoms(sp.core.relational.Relational)
     if len(atoms) > MAX_ATOMS_FOR_DNF:
-        return _fallback(pred, f"{len(atoms)} comparisons: too many for DNF")
+        return _fallback(pred, f"{len(atoms)} comparisons: too many for DNF", d)
     dnf = sp.to_dnf(pred, simplify=False)
     conjuncts = dnf.args if isinstance(dnf, sp.Or) else (dnf,)
-    segs = tuple(_segment(c) for c in conjuncts)
+    segs = tuple(_segment(c, d) for c in conjuncts)
     if len(segs) == 1:
         return MaskAnalysis(pred, segs, False, "one interval")
     for perm in itertools.permutations(segs):
         if _provably_ordered(perm):
             return MaskAnalysis(pred, perm, False, f"{len(perm)} ordered intervals")
-    return _fallback(pred, "intervals could not be ordered")
+    return _fallback(pred, "intervals could not be ordered", d)
 
 
-def _fallback(pred: sp.Basic, why: str) -> MaskAnalysis:
-    N = E.SIZE_SYMBOLS["N"]
+def _fallback(pred: sp.Basic, why: str, d: Direction) -> MaskAnalysis:
+    N = d.size
     return MaskAnalysis(pred, (Segment(pred, sp.Integer(0), N, None, None),), False, f"elementwise: {why}")

@@ -1,0 +1,118 @@
+"""Hooks of the backward kernels: symbolic score derivatives and captured-tensor gradients.
+
+``d modify / d score`` chains dS through the score modification; for every load
+``c[i(b,h,m,n)]`` of a float captured tensor in the modification,
+``d modify / d c[i]`` times dS is the gradient contribution at ``(b,h,m,n)``.
+Loads whose indices do not involve ``n`` are summed over ``n`` inside the dQ
+kernel ("row" loads); the others are written per element ("full" loads).  The
+launcher then scatters them into the tensor's shape with a deterministic
+sort-based segment sum.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+import sympy as sp
+
+from attncc.codegen.loops import segments_code
+from attncc.codegen.printer import TorchPrinter, TritonPrinter
+from attncc.ir import expr as E
+from attncc.spec.model import Spec
+
+
+def differentiable_loads(spec: Spec) -> list[E.Load]:
+    """Loads of float captured tensors in the score modification, in canonical order."""
+    out = []
+    for ld in E.loads(spec.modify):
+        cap = spec.captures[ld.tensor_name]
+        if cap.dtype.startswith("float") or cap.dtype == "bfloat16":
+            out.append(ld)
+    return out
+
+
+def load_derivative(modify: sp.Expr, ld: E.Load) -> sp.Expr:
+    """d modify / d ld, treating each load as an independent variable."""
+    sym = sp.Symbol("__load__", real=True)
+    return sp.diff(modify.subs(ld, sym), sym).subs(sym, ld)
+
+
+def _index_lambda(ld: E.Load, spec: Spec) -> str:
+    names = {E.b: 'env["b"]', E.h: 'env["h"]', E.m: 'env["m"]', E.n: 'env["n"]', E.scale: 'env["scale"]'}
+    names.update({sym: f'env["{k}"]' for k, sym in E.SIZE_SYMBOLS.items()})
+    names.update({p.symbol: f'env["{p.name}"]' for p in spec.params.values()})
+    pr = TorchPrinter(names, lambda _ld, _pr: "0")
+    return "[" + ", ".join(f"lambda env: {pr.doprint(i)}" for i in ld.indices) + "]"
+
+
+def _head_loop(spec: Spec) -> tuple[str, str, bool]:
+    """(first head, end head, needs a per-head check) of the query heads of key/value head off_hk."""
+    H, HK = E.SIZE_SYMBOLS["H"], E.SIZE_SYMBOLS["HK"]
+    if spec.kv_head == E.h:
+        return "off_hk", "off_hk + 1", False
+    if sp.simplify(spec.kv_head - sp.floor(E.h / sp.floor(H / HK))) == 0:
+        return "off_hk * (H // HK)", "(off_hk + 1) * (H // HK)", False
+    return "0", "H", True
+
+
+def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: str) -> dict[str, Any]:
+    spec: Spec = g.graph["spec"]
+    bound_pr = ctx.printer(tile=False)
+    identity = spec.modify == E.score
+    dmod = g.graph["dmodify"]
+    loads = differentiable_loads(spec)
+    kinds = ["full" if E.n in sp.Add(*ld.indices).free_symbols else "row" for ld in loads]
+    slots, counts = [], {"row": 0, "full": 0}
+    for kind in kinds:
+        slots.append(counts[kind])
+        counts[kind] += 1
+    dload_fns, cg_code, cg_init, cg_store, cg_params = [], [], [], [], ""
+    for j, (ld, kind, slot) in enumerate(zip(loads, kinds, slots, strict=True)):
+        deriv = tile_pr.doprint(load_derivative(spec.modify, ld))
+        dload_fns.append(f'@triton.jit\ndef dload_{j}({"s, " + call_args}):\n'
+                         f'    """d score_mod / d {ld} (the {kind} gradient term of {ld.tensor_name})."""\n'
+                         f"    return {deriv}\n")
+        term = f"tl.where(p > 0.0, ds * dload_{j}(s, {call_args}), 0.0)"
+        if kind == "row":
+            cg_params += f", cg{j}"
+            cg_init.append(f"    cg{j} = tl.zeros([BLOCK_M], tl.float32)  # sum over n of dS * d/d {ld}")
+            cg_code.append(f"    cg{j} += tl.sum({term}, 1)")
+            cg_store.append(f"    tl.store(CG_row + (({slot} * B + off_b) * H + off_h) * M + offs_m, cg{j}, mask=m_ok)")
+        else:
+            cg_code.append(f"    if WRITE_FULL:  # dS * d/d {ld}, per element\n"
+                           f"        tl.store(CG_full + (({slot} * B + off_b) * H + off_h) * M * N + offs_m[:, None] * N"
+                           f" + offs_n[None, :], {term}, mask=m_ok[:, None] & n_ok[None, :])")
+    head_lo, head_hi, check = _head_loop(spec)
+    kv_tile = ("dk, dv = _bwd_kv_tile(dk, dv, k, v, Q_base, DO_base, LSE_base, DELTA_base, m0, offs_n, n_ok, "
+               f"offs_d, offs_e, off_b, off_h, stride_qm, stride_dom, {ctx.all}, HEAD_D, HEAD_E, BLOCK_M, "
+               "{masked}, DOT_PRECISION)")
+    seg_t = segments_code(g.graph["mask_t"], bound_pr, kv_tile, " " * (12 if check else 8), "m0", "BLOCK_M", "queries")
+    if check:
+        seg_t = f"        if {bound_pr.doprint(spec.kv_head).replace('off_h', 'off_h')} == off_hk:\n{seg_t}"
+    q_tile = (f"dq{cg_params} = _bwd_q_tile(dq{cg_params}, q, do, lse, delta, K_base, V_base, n0, offs_m, m_ok, "
+              f"offs_d, offs_e, off_b, off_h, stride_kn, stride_vn, CG_full, {ctx.all}, HEAD_D, HEAD_E, "
+              "BLOCK_N, {masked}, DOT_PRECISION, WRITE_FULL)")
+    cap_loads = "[\n" + "".join(
+        f'    ("{ld.tensor_name}", "{kind}", {slot}, {_index_lambda(ld, spec)}),  # {ld}\n'
+        for ld, kind, slot in zip(loads, kinds, slots, strict=True)) + "]"
+    apply_dmod = "# identity score modification: dS needs no chain rule" if identity else \
+        f"ds = tl.where(p > 0.0, ds * dscore_mod(s, {call_args}), 0.0)"
+    return {
+        "_helpers": set(),
+        "DMOD_DOC": str(dmod),
+        "DMOD_EXPR": tile_pr.doprint(dmod),
+        "DLOAD_FNS": "\n\n".join(dload_fns) if dload_fns else "# (no differentiable captured tensors)",
+        "APPLY_MOD_BWD": "sm = s" if identity else f"sm = score_mod(s, {call_args})",
+        "APPLY_DMOD": apply_dmod,
+        "HEAD_LO": head_lo,
+        "HEAD_HI": head_hi,
+        "SEGMENTS_T": seg_t,
+        "SEGMENTS_Q": segments_code(g.graph["mask"], bound_pr, q_tile),
+        "CAPTURE_GRADS": "\n".join(cg_code) if cg_code else "    # (no captured-tensor gradients)",
+        "CG_PARAMS": cg_params,
+        "CG_RETURN": cg_params,
+        "CG_INIT": "\n".join(cg_init) if cg_init else "    # (no per-row captured-tensor gradients)",
+        "CG_STORE": "\n".join(cg_store) if cg_store else "    # (nothing more to store)",
+        "CAPTURE_LOADS": cap_loads,
+    }
