@@ -163,3 +163,7 @@ def _register_autotune() -> None:
 
 
 _register_autotune()
+
+
+if __name__ == "__main__":
+    main()
