@@ -98,9 +98,12 @@ def compile(spec: str, output: Path | None, target: str | None, report: bool, dt
 def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int, ...], show: bool,
             as_json: bool) -> None:
     from attncc.codegen.aot import format_reports
-    from attncc.runtime.aot_spec import report_fwd
+    from attncc.runtime.aot_spec import interpreting, report_kernels, report_many
 
-    reports = [report_fwd(fn, target, dt, hd) for dt in dtypes for hd in head_dims]
+    if interpreting():  # one subprocess for every kernel
+        reports = report_many([(fn.spec, target, dt, hd, None, None, ("fwd", "bwd")) for dt in dtypes for hd in head_dims])
+    else:
+        reports = [r for dt in dtypes for hd in head_dims for r in report_kernels(fn, target, dt, hd)]
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     elif show:

@@ -51,6 +51,9 @@ class _Context:
             self.extra += [f"{cap.name}_stride{i}" for i in range(cap.ndim)]
             self.extra += [f"{cap.name}_size{i}" for i in range(cap.ndim)]
         self.extra += [f"p_{p.name}" for p in spec.params.values()]
+        # Scalars Triton must not turn into constants when they equal 1 (lengths, params, capture sizes).
+        self.scalar_ints = [f"p_{p.name}" for p in spec.params.values() if p.kind == "int"]
+        self.scalar_ints += [f"{c.name}_size{i}" for c in spec.captures.values() for i in range(c.ndim)]
         self.all = ", ".join(["sm_scale", "B", "H", "HK", "M", "N", *self.extra])
         base: dict[sp.Symbol, str] = {E.b: "off_b", E.h: "off_h", E.scale: "sm_scale"}
         base.update({sym: name for name, sym in E.SIZE_SYMBOLS.items() if name not in ("D", "E")})
@@ -145,6 +148,7 @@ def render(g: nx.DiGraph, source_key: str) -> str:
         "CAPTURE_LIST": repr([(c.name, c.ndim) for c in spec.captures.values()]),
         "PARAM_DEFAULTS": repr({p.name: p.default for p in spec.params.values()}),
         "GQA_CHECK": gqa,
+        "NO_SPECIALIZE": repr(["B", "H", "HK", "M", "N", *ctx.scalar_ints]),
     }
     hooks.update(bwd)
     text = template_text(g.graph["schedule"].template) + template_text("prefill_bwd")

@@ -18,25 +18,31 @@ TRITON_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp1
                  "float32": "fp32", "int32": "i32", "int64": "i64", "bool": "i8"}
 
 
-def fwd_signature(fn: CompiledAttention, dtype: str, head_dim: int, head_dim_v: int,
-                  config: dict[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Triton signature and constexprs of ``attn_fwd`` for one dtype, head dims and tile config."""
-    kernel = fn.module.attn_fwd
+KERNELS = {"fwd": ("attn_fwd",), "bwd": ("attn_bwd_dkdv", "attn_bwd_dq")}
+_TENSORS = ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
+_FP32_TENSORS = ("LSE", "DELTA", "CG_row", "CG_full")
+
+
+def kernel_signature(fn: CompiledAttention, kernel_name: str, dtype: str, head_dim: int, head_dim_v: int,
+                     config: dict[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Triton signature and constexprs of one generated kernel for a dtype, head dims and tiles."""
+    kernel = getattr(fn.module, kernel_name)
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
     constexprs: dict[str, Any] = {
         "HEAD_D": head_dim, "HEAD_E": head_dim_v,
         "BLOCK_D": max(16, triton.next_power_of_2(head_dim)), "BLOCK_E": max(16, triton.next_power_of_2(head_dim_v)),
         "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-        "DOT_PRECISION": "ieee" if elem == "fp32" else "tf32",
+        "DOT_PRECISION": "ieee" if elem == "fp32" else "tf32", "WRITE_FULL": bool(spec.captures),
     }
+    constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in ("Q", "K", "V", "O"):
+        elif name in _TENSORS:
             sig[name] = f"*{elem}"
-        elif name == "LSE":
+        elif name in _FP32_TENSORS:
             sig[name] = "*fp32"
         elif name == "sm_scale":
             sig[name] = "fp32"
@@ -49,37 +55,52 @@ def fwd_signature(fn: CompiledAttention, dtype: str, head_dim: int, head_dim_v: 
     return sig, constexprs
 
 
+def launch_divisibility(sig: dict[str, str], head_dim: int, head_dim_v: int) -> list[str]:
+    """Arguments Triton will see as multiples of 16 at launch: tensor pointers (16-byte aligned
+    allocations) and the q/k/v/o strides when both head dims are multiples of 16 (strides are
+    products of the trailing dims).  Lengths and params are never specialised
+    (``do_not_specialize``) and capture strides are left unknown."""
+    ptrs = [n for n, t in sig.items() if t.startswith("*")]
+    if head_dim % 16 or head_dim_v % 16:
+        return ptrs
+    return ptrs + [n for n in sig if n.startswith("stride_")]
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def report_fwd(fn: CompiledAttention, target: str, dtype: str, head_dim: int, head_dim_v: int | None = None,
-               config: dict[str, int] | None = None) -> KernelReport:
-    """Compile ``attn_fwd`` for ``target`` and report registers, spills, shared memory.
+def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int, head_dim_v: int | None = None,
+                   config: dict[str, int] | None = None, kinds: tuple[str, ...] = ("fwd", "bwd")) -> list[KernelReport]:
+    """Compile the spec's kernels of ``kinds`` for ``target``; report registers, spills, shared memory.
 
     Triton cannot compile ahead of time in a process that runs its interpreter,
     so in that case the compile runs in a subprocess with the interpreter off.
     """
     if interpreting():
-        return report_many([(fn.spec, target, dtype, head_dim, head_dim_v, config)])[0]
+        return report_many([(fn.spec, target, dtype, head_dim, head_dim_v, config, kinds)])
     from attncc.codegen.aot import compile_report
 
     head_dim_v = head_dim_v or head_dim
     cfg = {**fn.module.default_config(max(head_dim, head_dim_v)), **(config or {})}
-    sig, constexprs = fwd_signature(fn, dtype, head_dim, head_dim_v, cfg)
-    report = compile_report(fn.module.attn_fwd, sig, constexprs, target, cfg["num_warps"], cfg["num_stages"],
-                            kernel_name=f"{fn.spec.name}.attn_fwd[{dtype},d{head_dim}]")
-    return report
+    out = []
+    for kind in kinds:
+        for kernel in KERNELS[kind]:
+            sig, constexprs = kernel_signature(fn, kernel, dtype, head_dim, head_dim_v, cfg)
+            out.append(compile_report(getattr(fn.module, kernel), sig, constexprs, target, cfg["num_warps"],
+                                      cfg["num_stages"], kernel_name=f"{fn.spec.name}.{kernel}[{dtype},d{head_dim}]",
+                                      divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v)))
+    return out
 
 
-Job = tuple[Spec, str, str, int, "int | None", "dict[str, int] | None"]
+Job = tuple[Spec, str, str, int, "int | None", "dict[str, int] | None", tuple[str, ...]]
 
 
 def report_many(jobs: list[Job]) -> list[KernelReport]:
-    """Run :func:`report_fwd` for each job in one clean subprocess (no interpreter)."""
+    """Run :func:`report_kernels` for each job in one clean subprocess (no interpreter)."""
     payload = [{"spec": spec.source if spec.source.endswith(".toml") else None, "name": spec.name,
-                "target": t, "dtype": dt, "head_dim": hd, "head_dim_v": hv, "config": cfg}
-               for spec, t, dt, hd, hv, cfg in jobs]
+                "target": t, "dtype": dt, "head_dim": hd, "head_dim_v": hv, "config": cfg, "kinds": list(kinds)}
+               for spec, t, dt, hd, hv, cfg, kinds in jobs]
     if any(p["spec"] is None for p in payload):
         raise ValueError("subprocess AOT needs specs loaded from files")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
@@ -100,8 +121,9 @@ def _worker() -> None:
     out = []
     for job in json.loads(sys.stdin.read()):
         fn = compile_spec(resolve(job["spec"]))
-        rep = report_fwd(fn, job["target"], job["dtype"], job["head_dim"], job["head_dim_v"], job["config"])
-        out.append(rep.to_json())
+        reps = report_kernels(fn, job["target"], job["dtype"], job["head_dim"], job["head_dim_v"], job["config"],
+                              tuple(job["kinds"]))
+        out += [r.to_json() for r in reps]
     print(json.dumps(out))
 
 

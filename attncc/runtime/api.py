@@ -17,6 +17,7 @@ import torch
 from attncc.codegen import Generated, generate, load_module
 from attncc.errors import InputError
 from attncc.ir import expr as E
+from attncc.runtime import ops
 from attncc.runtime.trace import trace
 from attncc.spec.loader import resolve
 from attncc.spec.model import CaptureDecl, Spec
@@ -65,10 +66,18 @@ class CompiledAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: dict[str, int] | None = None,
                  **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        caps, params = self.split_kwargs(kwargs)
-        validate(self.spec, q, k, v, caps)
-        o, lse = self.module.attention_forward(q, k, v, scale=scale, config=config, captures=caps, **params)
-        return (o, lse) if return_lse else o
+        # Through the attncc::fwd op (autograd, torch.compile); without a config the op asks config_for.
+        return ops.call_compiled(self, q, k, v, scale=scale, return_lse=return_lse, config=config, **kwargs)
+
+    def config_for(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, int]:
+        """Tile config from the tuning cache: exact key, nearest shape bucket, then the default."""
+        from attncc.autotune import lookup_config
+
+        B, H, M, D = q.shape
+        N, E = k.shape[2], v.shape[3]
+        dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
+        default = self.module.default_config(max(D, E))
+        return lookup_config(self.spec.content_hash, kind, (B, H, max(M, 1), max(N, 1), D, E), dtype, default)
 
 
 def validate(spec: Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -197,7 +206,8 @@ def create_block_mask(mask_mod: Callable[..., Any], B: int | None, H: int | None
                       **_ignored: Any) -> BlockMask:
     """FlexAttention-compatible mask object; cheap (no O(L^2) set-up)."""
     bs = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else tuple(BLOCK_SIZE)
-    spec_from_mods(None, mask_mod)  # trace now so errors surface at creation
+    if not torch.compiler.is_compiling():  # under torch.compile the mask is recorded at attention time
+        spec_from_mods(None, mask_mod)  # trace now so errors surface at creation
     return BlockMask(mask_mod, B, H, int(Q_LEN), int(KV_LEN), bs, device)  # type: ignore[arg-type]
 
 
@@ -220,10 +230,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not enable_gqa and key.dim() == 4 and query.dim() == 4 and query.shape[1] != key.shape[1]:
         raise InputError(f"flex_attention: query has {query.shape[1]} heads, key {key.shape[1]}; "
                          "pass enable_gqa=True for grouped-query attention")
-    spec, caps = spec_from_mods(score_mod, mask_mod, gqa=enable_gqa)
-    fn = compile_spec(spec)
     config = {k: v for k, v in (kernel_options or {}).items() if k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
-    return fn(query, key, value, scale=scale, return_lse=return_lse, config=config or None, **caps)
+    return ops.call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale,
+                         return_lse=return_lse, config=config or None)
 
 
 def attention(score_mod: Callable[..., Any] | None = None, *, mask_mod: Callable[..., Any] | None = None,
@@ -237,8 +246,8 @@ def attention(score_mod: Callable[..., Any] | None = None, *, mask_mod: Callable
         @functools.wraps(fn or (lambda: None))
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                 return_lse: bool = False) -> Any:
-            spec, caps = spec_from_mods(fn, mask_mod, gqa=enable_gqa, name=getattr(fn, "__name__", "attention"))
-            return compile_spec(spec)(q, k, v, scale=scale, return_lse=return_lse, **caps)
+            return ops.call_mods(q, k, v, fn, mask_mod, gqa=enable_gqa, name=getattr(fn, "__name__", "attention"),
+                                 scale=scale, return_lse=return_lse)
         return run
     if score_mod is not None and callable(score_mod):
         return wrap(score_mod)

@@ -1,0 +1,47 @@
+"""Every built-in spec's kernels compile ahead of time for sm_80 and sm_90 (no GPU needed),
+and the default tile configs have zero spills on sm_90 for head dims 64 and 128, fp16 and bf16.
+
+The compiles run in one subprocess without Triton's interpreter (see attncc.runtime.aot_spec).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from attncc.codegen.report import KernelReport
+from attncc.runtime.aot_spec import report_many
+from attncc.spec.loader import library, resolve
+
+KERNELS = {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}
+ZERO_SPILL_SPECS = ("causal", "sinks_window", "alibi", "softcap", "temperature", "relative_bias", "gqa")
+
+
+@pytest.fixture(scope="module")
+def library_reports() -> dict[tuple[str, str], list[KernelReport]]:
+    jobs = [(resolve(name), target, "fp16", 64, None, None, ("fwd", "bwd"))
+            for name in library() for target in ("sm_80", "sm_90")]
+    reports = report_many(jobs)
+    out: dict[tuple[str, str], list[KernelReport]] = {}
+    for r in reports:
+        out.setdefault((r.kernel.split(".")[0], r.target), []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", list(library()))
+def test_every_spec_compiles(library_reports: dict, name: str, target: str) -> None:
+    reps = library_reports[(name, target)]
+    assert {r.kernel.split(".")[1].split("[")[0] for r in reps} == KERNELS, f"{name}/{target}: kernels missing"
+    for r in reps:
+        assert r.registers > 0, f"{r.kernel} on {target}: no register count"
+        assert r.shared_bytes <= r.max_shared_bytes, f"{r.kernel} on {target}: shared memory {r.shared_bytes}"
+        if target == "sm_80":
+            assert not r.uses_wgmma, f"{r.kernel}: wgmma on sm_80"
+
+
+def test_default_configs_do_not_spill_on_sm90() -> None:
+    jobs = [(resolve(name), "sm_90", dt, hd, None, None, ("fwd", "bwd"))
+            for name in ZERO_SPILL_SPECS for dt in ("fp16", "bf16") for hd in (64, 128)]
+    bad = [f"{r.kernel} {r.config}: {r.spills} spill bytes, smem {r.shared_bytes}"
+           for r in report_many(jobs) if not r.fits]
+    assert not bad, "default configs spill on sm_90:\n" + "\n".join(bad)
