@@ -1,0 +1,220 @@
+"""Discrete configuration spaces of the four kernel kinds, their schema and heuristic defaults.
+
+A config is a flat ``dict[str, int]``: the kernel's ``tl.constexpr`` tile sizes plus the launch
+options ``num_warps`` and ``num_stages``.  Every config that enters or leaves the tuning cache is
+checked by :func:`validate_config` against the space of its kind: exactly the kind's parameter
+names, integer values, each one of the allowed values, and the space's constraint.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from attncc.errors import AttnccError
+
+KINDS: tuple[str, ...] = ("fwd", "bwd", "decode", "recurrence")
+DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
+
+Config = dict[str, int]
+
+
+class ConfigSchemaError(AttnccError):
+    """A config read from storage or a file does not match its kind's space."""
+
+
+@dataclass(frozen=True)
+class ConfigSpace:
+    """An ordered mapping ``name -> allowed values`` plus an optional validity constraint.
+
+    ``params`` keeps the declaration order, which is also the order of :meth:`enumerate`.
+    ``valid`` rejects combinations that cannot make a sensible kernel (e.g. fewer than four
+    accumulator elements per thread); it receives a complete config.
+    """
+
+    params: Mapping[str, tuple[int, ...]]
+    valid: Callable[[Mapping[str, int]], bool] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = {name: tuple(values) for name, values in self.params.items()}
+        for name, values in ordered.items():
+            if not values or any(type(v) is not int for v in values):
+                raise ValueError(f"config space parameter {name!r} needs a non-empty tuple of ints")
+            if len(set(values)) != len(values):
+                raise ValueError(f"config space parameter {name!r} has repeated values")
+        object.__setattr__(self, "params", ordered)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.params)
+
+    def __contains__(self, config: object) -> bool:
+        return isinstance(config, Mapping) and self.check(config) is None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.iter_valid())
+
+    def iter_valid(self) -> Iterator[Config]:
+        """Yield every valid config in declaration order (last parameter varies fastest)."""
+        names = self.names
+        for values in itertools.product(*self.params.values()):
+            config = dict(zip(names, values, strict=True))
+            if self.valid is None or self.valid(config):
+                yield config
+
+    def enumerate(self) -> list[Config]:
+        """All valid configs."""
+        return list(self.iter_valid())
+
+    def check(self, config: Mapping[str, Any]) -> str | None:
+        """Return why ``config`` is not in this space, or ``None`` when it is."""
+        missing = [n for n in self.names if n not in config]
+        extra = sorted(str(n) for n in config if n not in self.params)
+        if missing or extra:
+            return f"expected keys {list(self.names)}, missing {missing}, unexpected {extra}"
+        for name, allowed in self.params.items():
+            value = config[name]
+            if type(value) is not int:
+                return f"{name} must be an int, got {type(value).__name__}"
+            if value not in allowed:
+                return f"{name}={value} not in {list(allowed)}"
+        if self.valid is not None and not self.valid(config):
+            return "combination rejected by the space's constraint"
+        return None
+
+    def key(self, config: Mapping[str, int]) -> tuple[int, ...]:
+        """A hashable identity of ``config`` in declaration order."""
+        return tuple(int(config[n]) for n in self.names)
+
+
+def config_to_str(config: Mapping[str, int]) -> str:
+    """``BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=3`` (stable, human readable)."""
+    return ",".join(f"{k}={v}" for k, v in config.items())
+
+
+def _tile_ok(config: Mapping[str, int]) -> bool:
+    """At least four accumulator elements per thread in the BLOCK_M x BLOCK_N tile."""
+    return config["BLOCK_M"] * config["BLOCK_N"] >= 128 * config["num_warps"]
+
+
+def _decode_ok(config: Mapping[str, int]) -> bool:
+    """A key block must give every thread of the program at least one element per row of D."""
+    return config["BLOCK_N"] * 8 >= 32 * config["num_warps"]
+
+
+def _recurrence_ok(config: Mapping[str, int]) -> bool:
+    """The fp32 state tile BLOCK_K x BLOCK_V must fit in at most 128 registers per thread."""
+    threads = 32 * config["num_warps"]
+    return config["BLOCK_K"] * config["BLOCK_V"] <= 128 * threads and config["CHUNK"] * config[
+        "BLOCK_K"
+    ] >= 2 * threads
+
+
+_TILES = (16, 32, 64, 128)
+_WARPS = (2, 4, 8)
+_STAGES = (1, 2, 3, 4)
+
+SPACES: dict[str, ConfigSpace] = {
+    "fwd": ConfigSpace(
+        {"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": _WARPS, "num_stages": _STAGES},
+        valid=_tile_ok,
+    ),
+    "bwd": ConfigSpace(
+        {"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": _WARPS, "num_stages": _STAGES},
+        valid=_tile_ok,
+    ),
+    "decode": ConfigSpace(
+        {
+            "BLOCK_N": (16, 32, 64, 128, 256),
+            "NUM_SPLITS": (1, 2, 4, 8, 16, 32),
+            "num_warps": (1, 2, 4, 8),
+            "num_stages": _STAGES,
+        },
+        valid=_decode_ok,
+    ),
+    "recurrence": ConfigSpace(
+        {
+            "CHUNK": _TILES,
+            "BLOCK_K": _TILES,
+            "BLOCK_V": _TILES,
+            "num_warps": _WARPS,
+            "num_stages": _STAGES,
+        },
+        valid=_recurrence_ok,
+    ),
+}
+
+
+def space_for(kind: str) -> ConfigSpace:
+    """The space of ``kind``; one-line error for an unknown kind."""
+    try:
+        return SPACES[kind]
+    except KeyError:
+        raise ConfigSchemaError(f"unknown kernel kind {kind!r}; expected one of {', '.join(KINDS)}") from None
+
+
+def validate_config(kind: str, config: object, space: ConfigSpace | None = None) -> Config:
+    """Check ``config`` (data from storage or a file) against the space and return a clean copy."""
+    space = space or space_for(kind)
+    if not isinstance(config, Mapping):
+        raise ConfigSchemaError(f"{kind} config must be a JSON object, got {type(config).__name__}")
+    problem = space.check(config)
+    if problem is not None:
+        raise ConfigSchemaError(f"invalid {kind} config: {problem}")
+    return {name: int(config[name]) for name in space.names}
+
+
+def _fwd_default(head_dim: int, dtype: str) -> Config:
+    if head_dim <= 64:
+        config = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
+    elif head_dim <= 128:
+        config = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    else:
+        config = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+    if dtype == "fp32":
+        config["num_stages"] = min(config["num_stages"], 2)
+    return config
+
+
+def _bwd_default(head_dim: int, dtype: str) -> Config:
+    if head_dim <= 64:
+        config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    elif head_dim <= 128:
+        config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+    else:
+        config = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1}
+    if dtype == "fp32":
+        config["num_stages"] = 1
+    return config
+
+
+def _decode_default(head_dim: int, dtype: str) -> Config:
+    block_n = 64 if head_dim <= 128 else 32
+    return {"BLOCK_N": block_n, "NUM_SPLITS": 4, "num_warps": 4, "num_stages": 2}
+
+
+def _recurrence_default(head_dim: int, dtype: str) -> Config:
+    block = 64 if head_dim >= 64 else 32
+    return {"CHUNK": 64, "BLOCK_K": block, "BLOCK_V": block, "num_warps": 4, "num_stages": 2}
+
+
+_DEFAULTS: dict[str, Callable[[int, str], Config]] = {
+    "fwd": _fwd_default,
+    "bwd": _bwd_default,
+    "decode": _decode_default,
+    "recurrence": _recurrence_default,
+}
+
+
+def default_config(kind: str, head_dim: int, dtype: str) -> Config:
+    """A heuristic config that compiles without spills for typical head dims (64, 128, 256).
+
+    Used when the tuning cache has nothing for a kernel.  Always a member of ``SPACES[kind]``.
+    """
+    space = space_for(kind)
+    if dtype not in DTYPES:
+        raise ConfigSchemaError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    config = _DEFAULTS[kind](int(head_dim), dtype)
+    return validate_config(kind, config, space)
