@@ -1,0 +1,35 @@
+"""Shared test set-up.
+
+Without a CUDA device, Triton kernels run under its interpreter; that must be
+chosen before triton is first imported, hence at the very top of this file.
+Kernels are then launched on CPU tensors.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# `tests/reference.py` is imported as `reference` by the test modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Small tiles: several full and partial tiles per case, and fast under the interpreter.
+SMALL_TILES = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

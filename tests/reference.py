@@ -1,0 +1,204 @@
+"""Independent dense references for the built-in specs, and the accuracy check the kernels must pass.
+
+Nothing here uses attncc: every mask and score formula is written by hand in
+torch from the spec descriptions (``specs/*.toml``), with the defaults of each
+parameter restated.  ``reference(name, q, k, v, compute_dtype=torch.float64,
+**kwargs)`` returns ``(o [B, H, M, E], lse [B, H, M])``:
+
+* ``compute_dtype=torch.float64`` gives the golden values (exact to ~1e-15);
+* ``compute_dtype=q.dtype`` gives "same-dtype PyTorch math": the identical
+  computation carried out in the input dtype (fp16 matmuls, softmax and all),
+  which is the yardstick of :func:`assert_close_to_golden` (FlashAttention's
+  convention: the kernel's error against the golden must not exceed twice the
+  error of same-dtype PyTorch, plus a small absolute floor).
+
+Rows whose keys are all masked give output 0 and lse ``-inf``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+# --- index grids ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Grid:
+    """Broadcastable index grids over [B, H, M, N]."""
+
+    b: torch.Tensor
+    h: torch.Tensor
+    m: torch.Tensor
+    n: torch.Tensor
+
+    @staticmethod
+    def make(B: int, H: int, M: int, N: int) -> Grid:
+        return Grid(
+            torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, H, 1, 1),
+            torch.arange(M).view(1, 1, M, 1), torch.arange(N).view(1, 1, 1, N),
+        )
+
+
+@dataclass
+class RefSpec:
+    """How one built-in spec attends.
+
+    ``mask(g, p)``: bool, broadcastable to [B, H, M, N] (True = key visible);
+    ``modify(s, g, p, caps)``: the modified score from the scaled ``q . k`` tile;
+    ``defaults``: parameter defaults; ``captures``: names of the tensors it reads;
+    ``gqa``: key/value head of query head h is ``h // (H // HK)`` (else HK must equal H).
+    """
+
+    mask: Callable[[Grid, dict], torch.Tensor | bool]
+    modify: Callable[[torch.Tensor, Grid, dict, dict], torch.Tensor] = lambda s, g, p, c: s
+    defaults: dict[str, float] = field(default_factory=dict)
+    captures: tuple[str, ...] = ()
+    gqa: bool = False
+
+
+def _causal(g: Grid, p: dict) -> torch.Tensor:
+    return g.n <= g.m
+
+
+def _everything(g: Grid, p: dict) -> bool:
+    return True
+
+
+def _relative_bias(s: torch.Tensor, g: Grid, p: dict, c: dict) -> torch.Tensor:
+    md = int(p["max_distance"])
+    col = torch.clamp(g.m - g.n, -md, md) + md  # [1, 1, M, N]
+    table = c["bias"]  # [H, 2 * md + 1]
+    return s + table[g.h, col]  # -> [1, H, M, N]
+
+
+REFERENCES: dict[str, RefSpec] = {
+    # Full bidirectional attention (no mask).
+    "full": RefSpec(_everything),
+    # Causal: query m sees keys n <= m.
+    "causal": RefSpec(_causal),
+    # Causal sliding window: m - window < n <= m.
+    "sliding_window": RefSpec(lambda g, p: (g.n <= g.m) & (g.m - g.n < p["window"]), defaults={"window": 256}),
+    # Symmetric sliding window: |m - n| <= window.
+    "sliding_window_symmetric": RefSpec(lambda g, p: (g.m - g.n).abs() <= p["window"], defaults={"window": 128}),
+    # Prefix-LM: bidirectional over the first `prefix` keys, causal after.
+    "prefix_lm": RefSpec(lambda g, p: (g.n <= g.m) | (g.n < p["prefix"]), defaults={"prefix": 128}),
+    # StreamingLLM: causal, and (one of the first `sinks` keys, or within the last `window`).
+    "sinks_window": RefSpec(
+        lambda g, p: (g.n <= g.m) & ((g.n < p["sinks"]) | (g.m - g.n < p["window"])),
+        defaults={"sinks": 4, "window": 256}),
+    # ALiBi: causal, score - slopes[h] * (m - n).
+    "alibi": RefSpec(_causal, lambda s, g, p, c: s - c["slopes"].view(1, -1, 1, 1) * (g.m - g.n).to(s.dtype),
+                     captures=("slopes",)),
+    # Gemma-2 soft-capping, causal: cap * tanh(score / cap).
+    "softcap": RefSpec(_causal, lambda s, g, p, c: p["cap"] * torch.tanh(s / p["cap"]), defaults={"cap": 50.0}),
+    # T5-style relative bias, bidirectional: score + bias[h, clamp(m - n, -D, D) + D].
+    "relative_bias": RefSpec(_everything, _relative_bias, defaults={"max_distance": 128}, captures=("bias",)),
+    # Per-query temperature, causal: score * temp[b, h, m].
+    "temperature": RefSpec(_causal, lambda s, g, p, c: s * c["temp"][:, :, :, None], captures=("temp",)),
+    # Grouped-query attention, causal.
+    "gqa": RefSpec(_causal, gqa=True),
+    # Cross attention with per-batch key lengths: n < kv_lens[b].
+    "cross_attention": RefSpec(lambda g, p: g.n < p["kv_lens"].view(-1, 1, 1, 1), captures=("kv_lens",)),
+    # Causal with a value head dim different from the query/key head dim.
+    "distinct_value_dim": RefSpec(_causal),
+}
+
+
+def reference(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+              compute_dtype: torch.dtype = torch.float64, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense attention of built-in spec ``name``; ``kwargs`` are its params and captured tensors."""
+    if name not in REFERENCES:
+        raise KeyError(f"tests/reference.py has no reference for spec '{name}'")
+    spec = REFERENCES[name]
+    B, H, M, D = q.shape
+    HK, N = k.shape[1], k.shape[2]
+    unknown = set(kwargs) - set(spec.defaults) - set(spec.captures)
+    assert not unknown, f"reference({name}): unknown arguments {unknown}"
+    params = {**spec.defaults, **{k_: v_ for k_, v_ in kwargs.items() if k_ in spec.defaults}}
+    caps = {}
+    for cname in spec.captures:
+        t = kwargs[cname]
+        caps[cname] = t.to(compute_dtype) if t.is_floating_point() else t.long()
+    if "kv_lens" in caps:  # a mask input, not a score input
+        params["kv_lens"] = caps.pop("kv_lens")
+    if spec.gqa:
+        assert H % HK == 0
+        heads = torch.arange(H) // (H // HK)
+    else:
+        assert HK == H, f"{name}: no grouped-query head map, but H={H}, HK={HK}"
+        heads = torch.arange(H)
+    kx, vx = k[:, heads].to(compute_dtype), v[:, heads].to(compute_dtype)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    s = (q.to(compute_dtype) @ kx.transpose(-1, -2)) * scale
+    g = Grid.make(B, H, M, N)
+    s = spec.modify(s, g, params, caps).expand(B, H, M, N)
+    keep = torch.as_tensor(spec.mask(g, params)).expand(B, H, M, N)
+    return masked_softmax_attention(s, keep, vx)
+
+
+def masked_softmax_attention(s: torch.Tensor, keep: torch.Tensor, v: torch.Tensor,
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(s masked by keep) @ v, and the natural-log lse; empty rows give 0 and -inf."""
+    s = s.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    p = torch.exp(s - safe[..., None])
+    return p @ v, lse
+
+
+# --- accuracy rule --------------------------------------------------------------------------------
+
+FLOORS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+
+
+def _max_err(x: torch.Tensor, ref: torch.Tensor, where: torch.Tensor) -> float:
+    d = (x.double() - ref.double()).abs()
+    d = d[where & torch.isfinite(d)]
+    return d.max().item() if d.numel() else 0.0
+
+
+def assert_close_to_golden(name: str, out: torch.Tensor, golden: torch.Tensor, same_dtype_torch: torch.Tensor,
+                           *, input_dtype: torch.dtype | None = None, factor: float = 2.0) -> None:
+    """Kernel ``out`` vs fp64 ``golden``: max error <= factor x (same-dtype torch's error) + floor.
+
+    ``name`` names the tensor (``"causal fp16 M=77: output"``).  A NaN anywhere
+    in ``out`` fails; infinities must be where the golden has the same infinity.
+    ``input_dtype`` picks the floor (default: ``same_dtype_torch.dtype``).
+    """
+    assert out.shape == golden.shape, f"{name}: shape {tuple(out.shape)} != expected {tuple(golden.shape)}"
+    nan = torch.isnan(out)
+    if nan.any():
+        first = tuple(nan.nonzero()[0].tolist())
+        raise AssertionError(f"{name}: {int(nan.sum())} NaN value(s), first at {first}")
+    assert not torch.isnan(golden).any(), f"{name}: golden has NaN (bad test)"
+    g_inf, o_inf = torch.isinf(golden), torch.isinf(out)
+    bad_inf = (g_inf != o_inf) | (g_inf & o_inf & (golden.double().sign() != out.double().sign()))
+    if bad_inf.any():
+        idx = tuple(bad_inf.nonzero()[0].tolist())
+        raise AssertionError(f"{name}: infinity mismatch at {idx}: got {out[idx].item()}, "
+                             f"expected {golden[idx].item()} ({int(bad_inf.sum())} position(s))")
+    finite = ~g_inf
+    err = _max_err(out, golden, finite)
+    torch_err = _max_err(same_dtype_torch, golden, finite)
+    floor = FLOORS[input_dtype or same_dtype_torch.dtype]
+    bound = factor * torch_err + floor
+    if not err <= bound:
+        diff = (out.double() - golden.double()).abs().masked_fill(~finite, 0)
+        idx = tuple((diff == diff.max()).nonzero()[0].tolist())
+        raise AssertionError(f"{name} max err {err:.3g} > {factor:g} x torch {torch_err:.3g} + {floor:.0e} "
+                             f"(worst at {idx}: got {out[idx].item():.6g}, expected {golden[idx].item():.6g})")
+
+
+def check_attention(label: str, got: tuple[torch.Tensor, torch.Tensor],
+                    golden: tuple[torch.Tensor, torch.Tensor], torch_same: tuple[torch.Tensor, torch.Tensor],
+                    input_dtype: torch.dtype) -> None:
+    """Output and lse of a kernel against golden, by :func:`assert_close_to_golden`."""
+    o, lse = got
+    assert o.dtype == input_dtype, f"{label}: output dtype {o.dtype}, expected {input_dtype}"
+    assert lse.dtype == torch.float32, f"{label}: lse dtype {lse.dtype}, expected float32"
+    assert_close_to_golden(f"{label}: output", o, golden[0], torch_same[0], input_dtype=input_dtype)
+    assert_close_to_golden(f"{label}: lse", lse, golden[1], torch_same[1], input_dtype=input_dtype)
