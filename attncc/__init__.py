@@ -29,7 +29,7 @@ def _select_interpreter() -> None:
 
 _select_interpreter()
 
-from attncc.errors import AttnccError  # noqa: E402, CompileError, InputError, SpecError
+from attncc.errors import AttnccError, CompileError, InputError, SpecError  # noqa: E402
 from attncc.runtime.api import (  # noqa: E402
     BlockMask,
     CompiledAttention,

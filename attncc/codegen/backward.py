@@ -16,7 +16,7 @@ from typing import Any
 import networkx as nx
 import sympy as sp
 
-from attncc.codegen.loops import segments_code
+from attncc.codegen.loops import segments_code, tile_shaped
 from attncc.codegen.printer import TorchPrinter, TritonPrinter
 from attncc.ir import expr as E
 from attncc.spec.model import Spec
@@ -97,13 +97,13 @@ def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: s
         f'    ("{ld.tensor_name}", "{kind}", {slot}, {_index_lambda(ld, spec)}),  # {ld}\n'
         for ld, kind, slot in zip(loads, kinds, slots, strict=True)) + "]"
     apply_dmod = "# identity score modification: dS needs no chain rule" if identity else \
-        f"ds = tl.where(p > 0.0, ds * dscore_mod(s, {call_args}), 0.0)"
+        f"ds = tl.where(p > 0.0, ds * {tile_shaped('dscore_mod', dmod, call_args)}, 0.0)"
     return {
         "_helpers": set(),
         "DMOD_DOC": str(dmod),
         "DMOD_EXPR": tile_pr.doprint(dmod),
         "DLOAD_FNS": "\n\n".join(dload_fns) if dload_fns else "# (no differentiable captured tensors)",
-        "APPLY_MOD_BWD": "sm = s" if identity else f"sm = score_mod(s, {call_args})",
+        "APPLY_MOD_BWD": "sm = s" if identity else f"sm = {tile_shaped('score_mod', spec.modify, call_args)}",
         "APPLY_DMOD": apply_dmod,
         "HEAD_LO": head_lo,
         "HEAD_HI": head_hi,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from attncc.codegen.printer import TritonPrinter
+from attncc.ir import expr as E
 from attncc.passes.mask_analysis import MaskAnalysis, Segment
 
 
@@ -35,3 +36,11 @@ def segments_code(analysis: MaskAnalysis, pr: TritonPrinter, tile_call: str, ind
         return f"{indent}# the mask is never true: no tile is visited"
     return "\n".join(_segment_code(i, len(segs), sg, pr, tile_call, indent, var, block, what)
                      for i, sg in enumerate(segs))
+
+
+def tile_shaped(fn: str, expr: object, call_args: str) -> str:
+    """A call of a score hook, broadcast to the tile when the expression does not involve it."""
+    call = f"{fn}(s, {call_args})"
+    if not ({E.score, E.m, E.n} & expr.free_symbols):  # type: ignore[attr-defined]
+        return f"{call} + tl.zeros_like(s)"
+    return call

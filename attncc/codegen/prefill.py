@@ -15,6 +15,7 @@ import sympy as sp
 
 from attncc.codegen.backward import backward_hooks as _backward_hooks
 from attncc.codegen.loops import segments_code as _segments
+from attncc.codegen.loops import tile_shaped
 from attncc.codegen.printer import HELPERS, TritonPrinter
 from attncc.ir import expr as E
 from attncc.passes.mask_analysis import MaskAnalysis, m_first, m_last, n_first, n_last
@@ -55,6 +56,7 @@ class _Context:
         self.scalar_ints = [f"p_{p.name}" for p in spec.params.values() if p.kind == "int"]
         self.scalar_ints += [f"{c.name}_size{i}" for c in spec.captures.values() for i in range(c.ndim)]
         self.all = ", ".join(["sm_scale", "B", "H", "HK", "M", "N", *self.extra])
+        self.hooks = f"{self.all}, HEAD_D, HEAD_E"  # what score_mod / mask_mod receive
         base: dict[sp.Symbol, str] = {E.b: "off_b", E.h: "off_h", E.scale: "sm_scale"}
         base.update({sym: name for name, sym in E.SIZE_SYMBOLS.items() if name not in ("D", "E")})
         base[E.SIZE_SYMBOLS["D"]] = "HEAD_D"
@@ -113,7 +115,7 @@ def render(g: nx.DiGraph, source_key: str) -> str:
     mod_expr = tile_pr.doprint(spec.modify)
     mask_expr = tile_pr.doprint(spec.mask)
     identity = spec.modify == E.score
-    call_args = f"off_b, off_h, offs_m, offs_n, {ctx.all}"
+    call_args = f"off_b, off_h, offs_m, offs_n, {ctx.hooks}"
     tile_call = ("acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K_base, V_base, n0, offs_m, offs_d, offs_e, "
                  f"off_b, off_h, stride_kn, stride_vn, {ctx.all}, HEAD_D, HEAD_E, BLOCK_N, {{masked}}, DOT_PRECISION)")
     seg_code = _segments(g.graph["mask"], bound_pr, tile_call)
@@ -136,7 +138,7 @@ def render(g: nx.DiGraph, source_key: str) -> str:
         "HELPERS": "\n\n".join(helper_src) if helper_src else "# (no helpers needed)",
         "MOD_ARGS": f"s, {call_args}",
         "MOD_EXPR": mod_expr,
-        "APPLY_MOD": "# identity score modification" if identity else f"s = score_mod(s, {call_args})",
+        "APPLY_MOD": "# identity score modification" if identity else f"s = {tile_shaped('score_mod', spec.modify, call_args)}",
         "MASK_ARGS": call_args,
         "MASK_EXPR": mask_expr,
         "MASK_CALL": call_args,

@@ -54,6 +54,21 @@ class TritonPrinter(StrPrinter):
     def p(self, e: sp.Basic) -> str:
         return self._print(e)
 
+    def _print(self, expr: sp.Basic, **kwargs: object) -> str:  # type: ignore[override]
+        # Closed-form numbers (log(3), sqrt(2), 2**0.5) become float literals.
+        if isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and not expr.is_infinite:
+            value = complex(expr.evalf())
+            if value.imag == 0:
+                return repr(float(value.real))
+        return super()._print(expr, **kwargs)
+
+    def _print_DiracDelta(self, e: sp.Basic) -> str:
+        return "0.0"  # derivative of sign / step functions: zero almost everywhere
+
+    def _print_Heaviside(self, e: sp.Basic) -> str:
+        a = self.p(e.args[0])
+        return f"tl.where({a} > 0, 1.0, 0.0)"
+
     def _print_Symbol(self, s: sp.Symbol) -> str:
         if s not in self.names:
             raise KeyError(f"no kernel value for symbol '{s}'")
@@ -120,31 +135,37 @@ class TritonPrinter(StrPrinter):
             top = f"{top} / ({bottom})" if len(den) > 1 else f"{top} / {bottom}"
         return f"({sign}{top})"
 
+    def f(self, e: sp.Basic) -> str:
+        """An operand of a float function: integer expressions are promoted to float first."""
+        return f"({self.p(e)} * 1.0)" if e.is_integer else self.p(e)
+
     def _print_Pow(self, e: sp.Pow) -> str:
         base, ex = e.args
+        if base.is_number:  # c ** x = exp(log(c) * x)
+            return f"tl.exp({float(sp.log(base).evalf())!r} * {self._wrap(ex)})"
         if ex == -1:
             return f"(1.0 / {self._wrap(base)})"
         if ex == sp.Rational(1, 2):
-            return f"tl.sqrt({self.p(base)})"
+            return f"tl.sqrt({self.f(base)})"
         if ex == sp.Rational(-1, 2):
-            return f"tl.rsqrt({self.p(base)})"
+            return f"tl.rsqrt({self.f(base)})"
         if ex.is_Integer and 1 < int(ex) <= 4:
             b_ = self._wrap(base)
             return "(" + " * ".join([b_] * int(ex)) + ")"
         if ex.is_Integer and -4 <= int(ex) < -1:
             b_ = self._wrap(base)
             return "(1.0 / (" + " * ".join([b_] * -int(ex)) + "))"
-        return f"tl.exp(tl.log({self.p(base)}) * {self._wrap(ex)})"
+        return f"tl.exp(tl.log({self.f(base)}) * {self._wrap(ex)})"
 
     def _print_exp(self, e: sp.Basic) -> str:
-        return f"tl.exp({self.p(e.args[0])})"
+        return f"tl.exp({self.f(e.args[0])})"
 
     def _print_log(self, e: sp.Basic) -> str:
-        return f"tl.log({self.p(e.args[0])})"
+        return f"tl.log({self.f(e.args[0])})"
 
     def _print_tanh(self, e: sp.Basic) -> str:
         self.helpers.add("_tanh")
-        return f"_tanh({self.p(e.args[0])})"
+        return f"_tanh({self.f(e.args[0])})"
 
     def _print_cosh(self, e: sp.Basic) -> str:
         a = self.p(e.args[0])

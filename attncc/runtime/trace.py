@@ -159,7 +159,8 @@ def _tensor_value(t: torch.Tensor) -> sp.Basic:
         raise SpecError(f"captured tensor of shape {tuple(t.shape)} used without indexing", Sym._loc)
     assert Sym._ctx is not None
     name = Sym._ctx.name_of(t)
-    return E.load(name, *([0] * t.dim()), integer=not t.dtype.is_floating_point)
+    ld = E.load(name, *([0] * max(t.dim(), 1)), integer=not t.dtype.is_floating_point)
+    return sp.Ne(ld, 0) if t.dtype == torch.bool else ld
 
 
 def _cond(e: sp.Basic) -> sp.Basic:
@@ -170,12 +171,12 @@ def _cond(e: sp.Basic) -> sp.Basic:
     raise SpecError(f"expected a condition, got the number {e}", Sym._loc)
 
 
-def _clamp(x: Any, lo: Any = None, hi: Any = None) -> Sym:
+def _clamp(x: Any, min: Any = None, max: Any = None) -> Sym:  # noqa: A002 - torch's keyword names
     e = _ex(x)
-    if lo is not None:
-        e = sp.Max(e, _ex(lo))
-    if hi is not None:
-        e = sp.Min(e, _ex(hi))
+    if min is not None:
+        e = sp.Max(e, _ex(min))
+    if max is not None:
+        e = sp.Min(e, _ex(max))
     return Sym(e)
 
 
@@ -189,7 +190,8 @@ def _getitem(t: Any, idx: Any) -> Sym:
         raise SpecError(f"captured tensor of shape {tuple(t.shape)} indexed with {len(items)} index(es)", Sym._loc)
     assert Sym._ctx is not None
     name = Sym._ctx.name_of(t)
-    return Sym(E.load(name, *[_ex(i) for i in items], integer=not t.dtype.is_floating_point))
+    ld = E.load(name, *[_ex(i) for i in items], integer=not t.dtype.is_floating_point)
+    return Sym(sp.Ne(ld, 0) if t.dtype == torch.bool else ld)
 
 
 def _where(cond: Any, a: Any, b: Any) -> Sym:

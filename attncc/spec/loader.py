@@ -75,7 +75,13 @@ class _Locator:
                 rest = line[mo.end():]
                 quote = 1 if rest[:1] in "\"'" else 0
                 return Location(self.file, i, mo.end() + quote)
-        return Location(self.file)
+        # Sub-tables ([params.window]), top-level tables ([extras]), then the section itself.
+        for header in (f"{section}.{key}" if section else key, section):
+            for i, line in enumerate(self.lines, start=1):
+                head = re.match(r"^\s*\[([^\]]+)\]", line)
+                if header and head and head.group(1).strip() == header:
+                    return Location(self.file, i, line.index("[") + 1)
+        return Location(self.file, 1, 0)
 
 
 def load_text(text: str, file: str = "<spec>") -> Spec:
@@ -120,7 +126,7 @@ class _SpecBuilder:
                 raise self.err("cascade", key, f"unknown cascade key '{key}' (expected {sorted(CASCADE_KEYS)})")
         for key in ("score", "output"):
             if key not in cascade:
-                raise SpecError(f"[cascade] needs '{key}'", self.loc.file)
+                raise self.err("cascade", key, f"[cascade] needs '{key}'")
         scaled = self.score_einsum(cascade["score"])
         self.output_einsum(cascade["output"])
         norm = cascade.get("normalize", "softmax(n)")
@@ -144,7 +150,7 @@ class _SpecBuilder:
         inputs = self.table("inputs")
         for role in INPUT_ROLES:
             if role not in inputs:
-                raise SpecError(f"[inputs] needs '{role}'", self.loc.file)
+                raise self.err("inputs", role, f"[inputs] needs '{role}'")
         for role, decl in inputs.items():
             if role not in INPUT_ROLES:
                 raise self.err("inputs", role, f"unknown input '{role}' (inputs are q, k, v)")
@@ -169,8 +175,7 @@ class _SpecBuilder:
                 raise self.err("indices", "hk", "'hk' is defined but k and v are indexed by h")
             return E.h
         if "hk" not in indices:
-            raise SpecError("k and v use 'hk': define it under [indices], e.g. hk = \"h // (H // HK)\"",
-                            self.loc.file)
+            raise self.err("inputs", "k", "k and v use 'hk': define it under [indices], e.g. hk = \"h // (H // HK)\"")
         scope = {"h": E.h, **E.SIZE_SYMBOLS}
         expr = parse_expression(indices["hk"], Scope(scope), self.loc.find("indices", "hk"))
         if not isinstance(expr, sp.Expr) or expr.free_symbols - {E.h, *E.SIZE_SYMBOLS.values()}:

@@ -21,6 +21,11 @@ from attncc.ir import expr as E
 CAPTURE_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "bool")
 
 
+def _canonical_relations(expr: sp.Basic) -> sp.Basic:
+    """``n <= m`` and ``m >= n`` serialise alike (one cache entry per meaning)."""
+    return expr.replace(lambda e: isinstance(e, sp.core.relational.Relational), lambda r: r.canonical)
+
+
 @dataclass(frozen=True)
 class ParamDecl:
     """A runtime scalar of the spec (window size, softcap, ...), with its default."""
@@ -80,10 +85,10 @@ class Spec:
         """Everything that shapes generated code, as plain data."""
         return {
             "name": self.name,
-            "kv_head": E.canonical(self.kv_head),
+            "kv_head": E.canonical(self.kv_head),  # relationals below in canonical orientation
             "scaled": self.scaled,
-            "modify": E.canonical(self.modify),
-            "mask": E.canonical(self.mask),
+            "modify": E.canonical(_canonical_relations(self.modify)),
+            "mask": E.canonical(_canonical_relations(self.mask)),
             "normalize": self.normalize,
             "params": [[p.name, p.kind, p.default] for p in self.params.values()],
             "captures": [[c.name, list(c.dims), c.dtype] for c in self.captures.values()],
