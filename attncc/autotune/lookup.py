@@ -20,7 +20,14 @@ from typing import Any
 
 from attncc.autotune.cache import CacheMissing, TuneKey, TuningCache
 from attncc.autotune.space import Config, ConfigSchemaError
-from attncc.autotune.storage import LOG, StorageError, display_url, resolve_storage_url
+from attncc.autotune.storage import (
+    CACHE_DIR_ENV,
+    LOG,
+    STORAGE_ENV,
+    StorageError,
+    display_url,
+    resolve_storage_url,
+)
 from attncc.autotune.tunable import Shape, as_shape
 from attncc.errors import AttnccError
 
@@ -31,6 +38,9 @@ STATS_ENV = "ATTNCC_TUNING_STATS"
 _lock = threading.RLock()
 _counts: dict[str, int] = dict.fromkeys((*LEVELS, "errors"), 0)
 _memo: dict[tuple[str, TuneKey], tuple[str, Config | None]] = {}
+# Fast path: raw call arguments + the environment that selects the storage -> answer.
+_fast: dict[tuple[Any, ...], tuple[str, Config | None]] = {}
+FAST_MEMO_LIMIT = 8192
 _handles: dict[str, TuningCache | None] = {}
 _warned: set[str] = set()
 _last_url: str | None = None
@@ -100,22 +110,36 @@ def lookup_config(spec_hash: str, kind: str, shape: Shape | tuple[int, ...], dty
     Order: the exact key (spec hash, kind, shape bucket, dtype, this GPU, versions), then the
     nearest bucket with the same spec, kind, dtype, head dims, GPU and versions, then ``default``.
     """
-    global _last_url
+    environ = os.environ
+    env = (environ.get(STORAGE_ENV), environ.get(CACHE_DIR_ENV), environ.get("XDG_CACHE_HOME"),
+           environ.get(DISABLE_ENV))
+    fast_key = (env, spec_hash, kind, tuple(shape), dtype)
     with _lock:
-        _register_atexit()
-        if _disabled():
-            _counts["default"] += 1
-            return dict(default)
-        url = resolve_storage_url(None)
-        _last_url = url
-        key = TuneKey.for_shape(spec_hash, kind, as_shape(shape), dtype)
-        answer = _memo.get((url, key))
+        answer = _fast.get(fast_key)
         if answer is None:
-            answer = _resolve(url, key)
-            _memo[(url, key)] = answer
+            answer = _answer(spec_hash, kind, shape, dtype)
+            if len(_fast) >= FAST_MEMO_LIMIT:
+                _fast.clear()
+            _fast[fast_key] = answer
         level, config = answer
         _counts[level] += 1
-        return dict(config if config is not None else default)
+    return dict(config if config is not None else default)
+
+
+def _answer(spec_hash: str, kind: str, shape: Shape | tuple[int, ...], dtype: str) -> tuple[str, Config | None]:
+    """The level and stored config for one call (memoized per storage URL and bucket key)."""
+    global _last_url
+    _register_atexit()
+    if _disabled():
+        return "default", None
+    url = resolve_storage_url(None)
+    _last_url = url
+    key = TuneKey.for_shape(spec_hash, kind, as_shape(shape), dtype)
+    answer = _memo.get((url, key))
+    if answer is None:
+        answer = _resolve(url, key)
+        _memo[(url, key)] = answer
+    return answer
 
 
 def lookup_stats() -> dict[str, Any]:
@@ -125,6 +149,7 @@ def lookup_stats() -> dict[str, Any]:
         stats["hits"] = _counts["exact"] + _counts["nearest"]
         stats["misses"] = _counts["default"]
         stats["memoized_keys"] = len(_memo)
+        stats["memoized_calls"] = len(_fast)
         stats["storage"] = display_url(_last_url) if _last_url else None
         return stats
 
@@ -140,6 +165,7 @@ def invalidate_lookup_cache() -> None:
     """Forget memoized answers and open connections (after tuning or importing new entries)."""
     with _lock:
         _memo.clear()
+        _fast.clear()
         for handle in _handles.values():
             if handle is not None:
                 handle.close()

@@ -36,6 +36,7 @@ STORAGE_ENV = "ATTNCC_STORAGE"
 CACHE_DIR_ENV = "ATTNCC_CACHE_DIR"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 RETRY_DEADLINE_S = 120.0
+PG_CONNECT_TIMEOUT_S = 5
 
 T = TypeVar("T")
 
@@ -140,7 +141,9 @@ def engine_kwargs(url: str) -> dict[str, Any]:
         if path is None:
             return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         return {"creator": functools.partial(sqlite_connect, str(path))}
-    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4}
+    # A team server that is down must not stall a kernel launch for minutes.
+    return {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 4,
+            "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S}}
 
 
 def make_engine(url: str, *, create_dir: bool = True) -> Engine:

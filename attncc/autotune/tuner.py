@@ -36,7 +36,15 @@ from attncc.autotune.device import GpuIdentity, current_identity, offline_identi
 from attncc.autotune.lookup import invalidate_lookup_cache
 from attncc.autotune.progress import Progress
 from attncc.autotune.space import SPACES, Config, ConfigSpace, config_to_str, default_config
-from attncc.autotune.storage import LOG, display_url, optuna_storage, resolve_storage_url, retrying
+from attncc.autotune.storage import (
+    LOG,
+    StorageError,
+    display_url,
+    one_line,
+    optuna_storage,
+    resolve_storage_url,
+    retrying,
+)
 from attncc.autotune.tunable import Shape, Tunable, as_shape
 from attncc.errors import AttnccError, CompileError, InputError
 
@@ -541,6 +549,19 @@ def tune(
     if trials < 1 and offline_target is None:
         raise InputError(f"--trials must be at least 1, got {trials}")
     url = resolve_storage_url(storage_url)
-    if offline_target is not None:
-        return _offline(tunable, shape, dtype, offline_target, url, progress)
-    return _online(tunable, shape, dtype, trials, url, timer, identity or current_identity(), target, seed, progress)
+    try:
+        if offline_target is not None:
+            return _offline(tunable, shape, dtype, offline_target, url, progress)
+        return _online(tunable, shape, dtype, trials, url, timer, identity or current_identity(), target, seed,
+                       progress)
+    except Exception as exc:
+        if is_storage_failure(exc):
+            raise StorageError(f"tuning storage {display_url(url)}: {one_line(exc)}") from None
+        raise
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """SQLAlchemy errors and Optuna's storage errors (lock timeouts past the retry deadline, lost server)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, SQLAlchemyError) or type(exc).__name__ == "StorageInternalError"
