@@ -14,17 +14,23 @@ One URL names one database that holds both the best-config table and Optuna's RD
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
+
+try:  # POSIX; elsewhere concurrent SQLite tuning relies on Optuna alone
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -201,6 +207,26 @@ def retrying(fn: Callable[[], T], *, creating: bool = False, deadline_s: float =
             LOG.debug("transient storage error, retrying: %s", exc)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
+
+
+@contextlib.contextmanager
+def ask_lock(url: str) -> Iterator[None]:
+    """Serialize Optuna's ``ask`` across processes sharing one SQLite file.
+
+    ``ask`` pops an enqueued trial with a read-then-update that SQLite cannot lock by row, so two
+    processes could both take the same trial.  An exclusive ``flock`` on ``<db>.lock`` makes the
+    pop atomic.  PostgreSQL locks the row itself (``SELECT ... FOR UPDATE``): no lock needed.
+    """
+    path = sqlite_path(url)
+    if path is None or fcntl is None:
+        yield
+        return
+    with open(f"{path}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def one_line(exc: BaseException) -> str:

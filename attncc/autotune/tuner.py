@@ -39,6 +39,7 @@ from attncc.autotune.space import SPACES, Config, ConfigSpace, config_to_str, de
 from attncc.autotune.storage import (
     LOG,
     StorageError,
+    ask_lock,
     display_url,
     one_line,
     optuna_storage,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from attncc.codegen.report import KernelReport
 
 Timer = Callable[[Callable[[], object]], float]
+Measured = tuple[float | None, str | None, int]  # (value or None if failed, failure reason, trial number)
 INTERRUPTED = "interrupted"
 
 
@@ -272,11 +274,11 @@ def _open_study(url: str, name: str, seed: int | None, trials: int) -> Any:
                                                 direction="minimize", load_if_exists=True), creating=True)
 
 
-def _measured(study: Any, space: ConfigSpace) -> dict[tuple[int, ...], tuple[float | None, str | None, int]]:
+def _measured(study: Any, space: ConfigSpace) -> dict[tuple[int, ...], Measured]:
     """Configs already timed (value) or failed (reason) in the study, first occurrence wins."""
     from optuna.trial import TrialState
 
-    seen: dict[tuple[int, ...], tuple[float | None, str | None, int]] = {}
+    seen: dict[tuple[int, ...], Measured] = {}
     trials = retrying(lambda: study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
     for trial in sorted(trials, key=lambda t: t.number):
         config = _config_of(space, trial.params)
@@ -288,13 +290,28 @@ def _measured(study: Any, space: ConfigSpace) -> dict[tuple[int, ...], tuple[flo
     return seen
 
 
-def _tell(study: Any, trial: Any, *, value: float | None = None, state: Any = None, attrs: Mapping[str, Any]) -> None:
-    for name, attr in attrs.items():
-        retrying(lambda n=name, a=attr: trial.set_user_attr(n, a))
-    if value is not None:
-        retrying(lambda: study.tell(trial, value, skip_if_finished=True))
-    else:
-        retrying(lambda: study.tell(trial, state=state, skip_if_finished=True))
+def _tell(study: Any, trial: Any, *, value: float | None = None, state: Any = None, attrs: Mapping[str, Any]) -> bool:
+    """Finish ``trial``; False when another worker already finished it.
+
+    On SQLite two workers can both pop the same enqueued trial (no row locks); the loser's
+    result is dropped, which loses nothing since the winner recorded the same config.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for name, attr in attrs.items():
+            retrying(lambda n=name, a=attr: trial.set_user_attr(n, a))
+        if value is not None:
+            retrying(lambda: study.tell(trial, value))
+        else:
+            retrying(lambda: study.tell(trial, state=state))
+    except UpdateFinishedTrialError:
+        return False
+    except ValueError as exc:  # optuna: "Cannot tell a COMPLETE trial."
+        if not str(exc).startswith("Cannot tell a"):
+            raise
+        return False
+    return True
 
 
 def _do_bench(fn: Callable[[], object]) -> float:
@@ -329,39 +346,67 @@ class _Run:
     timer: Timer
     study: Any
     allowed: set[tuple[int, ...]]
+    rejected: dict[tuple[int, ...], str]  # statically pruned candidates and why
     result: TuneResult
     progress: Progress
+    url: str
 
-    def step(self, trial: Any, measured: Mapping[tuple[int, ...], tuple[float | None, str | None, int]]) -> bool:
+    def step(self, trial: Any, measured: Mapping[tuple[int, ...], Measured]) -> bool:
         """Handle one suggestion; True when it counts against the trial budget."""
-        from optuna.trial import TrialState
-
         config = _config_of(self.space, trial.params)
         attrs: dict[str, Any] = {"config": json.dumps(config)}
         if config is None or self.space.key(config) not in self.allowed:
-            reason = "invalid combination" if config is None or config not in self.space else "pruned statically"
-            _tell(self.study, trial, state=TrialState.PRUNED, attrs={**attrs, "reason": reason})
-            self.result.skipped += 1
-            return False
+            return self._reject(trial, config, attrs, measured)
         known = measured.get(self.space.key(config))
         if known is not None:
-            value, reason, number = known
-            attrs["repeat_of"] = number
-            if value is None:
-                # TPE ignores FAIL trials and would keep proposing this config: a PRUNED
-                # record tells it the region is bad.  No launch, no timing, no budget.
-                _tell(self.study, trial, state=TrialState.PRUNED, attrs={**attrs, "reason": f"known failure: {reason}"})
-                self.result.skipped += 1
-                return False
-            self._finish(trial, config, value, reason, attrs, "repeat")
-            self.result.repeated += 1
-            return True
+            return self._reuse(trial, config, attrs, known)
+        return self._time(trial, config, attrs)
+
+    def _reject(self, trial: Any, config: Config | None, attrs: dict[str, Any],
+                measured: Mapping[tuple[int, ...], Measured]) -> bool:
+        """A statically pruned or invalid proposal: never launched, never counted."""
+        from optuna.trial import TrialState
+
+        key = None if config is None else self.space.key(config)
+        reason = "invalid combination" if key is None else self.rejected.get(key, "invalid combination")
+        if config is not None and reason.startswith("does not compile") and key not in measured:
+            # a compile failure is recorded once as a failed trial; its repeats become PRUNED
+            if _tell(self.study, trial, state=TrialState.FAIL, attrs={**attrs, "reason": reason}):
+                self.result.trials.append(TrialRecord(config, "failed", None, reason, trial.number))
+                self.result.failed += 1
+            return False
+        _tell(self.study, trial, state=TrialState.PRUNED, attrs={**attrs, "reason": reason})
+        self.result.skipped += 1
+        return False
+
+    def _reuse(self, trial: Any, config: Config, attrs: dict[str, Any], known: Measured) -> bool:
+        """A config measured before (here or elsewhere): answer from the study, do not re-time."""
+        from optuna.trial import TrialState
+
+        value, reason, number = known
+        attrs["repeat_of"] = number
+        if value is None:
+            # TPE ignores FAIL trials and would keep proposing this config: a PRUNED record
+            # tells it the region is bad.  No launch, no timing, no budget.
+            _tell(self.study, trial, state=TrialState.PRUNED, attrs={**attrs, "reason": f"known failure: {reason}"})
+            self.result.skipped += 1
+            return False
+        if not self._finish(trial, config, value, reason, attrs, "repeat"):
+            return False
+        self.result.repeated += 1
+        return True
+
+    def _time(self, trial: Any, config: Config, attrs: dict[str, Any]) -> bool:
+        """Launch and time a new config; failures become FAIL trials, an interrupt is recorded first."""
+        from optuna.trial import TrialState
+
         try:
             value, reason = _measure(self.tunable, config, self.shape, self.dtype, self.timer)
-        except BaseException:
+        except BaseException:  # KeyboardInterrupt, SystemExit: keep the study consistent, then stop
             _tell(self.study, trial, state=TrialState.FAIL, attrs={**attrs, "reason": INTERRUPTED})
             raise
-        self._finish(trial, config, value, reason, attrs, "timed" if value is not None else "failed")
+        if not self._finish(trial, config, value, reason, attrs, "timed" if value is not None else "failed"):
+            return False  # another worker finished the same enqueued trial: its record stands
         if value is None:
             self.result.failed += 1
         else:
@@ -369,17 +414,19 @@ class _Run:
         return True
 
     def _finish(self, trial: Any, config: Config, value: float | None, reason: str | None,
-                attrs: dict[str, Any], state: str) -> None:
+                attrs: dict[str, Any], state: str) -> bool:
+        """Record the outcome; False when another worker had already finished this trial."""
         from optuna.trial import TrialState
 
         if value is None:
-            _tell(self.study, trial, state=TrialState.FAIL, attrs={**attrs, "reason": reason or "failed"})
+            told = _tell(self.study, trial, state=TrialState.FAIL, attrs={**attrs, "reason": reason or "failed"})
         else:
-            _tell(self.study, trial, value=value, attrs=attrs)
-        self.result.trials.append(TrialRecord(config, state, value, reason, trial.number))
+            told = _tell(self.study, trial, value=value, attrs=attrs)
+        if told:
+            self.result.trials.append(TrialRecord(config, state, value, reason, trial.number))
+        return told
 
-    def best(self, measured: Mapping[tuple[int, ...], tuple[float | None, str | None, int]] | None = None
-             ) -> tuple[Config, float] | None:
+    def best(self, measured: Mapping[tuple[int, ...], Measured] | None = None) -> tuple[Config, float] | None:
         """The best complete, allowed config of the study (read fresh unless ``measured`` is given)."""
         measured = _measured(self.study, self.space) if measured is None else measured
         best = [(v, list(k)) for k, (v, _, _) in measured.items() if v is not None and k in self.allowed]
@@ -454,9 +501,11 @@ def _online(tunable: Tunable, shape: Shape, dtype: str, trials: int, url: str, t
         return result
     with _quiet_optuna():
         study = _open_study(url, name, seed, trials)
-        _seed_study(study, space, _seeds(tunable, candidates, shape, dtype, trials))
-        run = _Run(tunable, space, shape, dtype, timer, study, allowed, result,
-                   Progress(f"tune {tunable.spec_name} {tunable.kind}", trials, enabled=progress))
+        with ask_lock(url):  # check-then-enqueue: one process at a time on SQLite
+            _seed_study(study, space, _seeds(tunable, candidates, shape, dtype, trials))
+        rejected = {space.key(c.config): c.reason for c in candidates if c.reason}
+        run = _Run(tunable, space, shape, dtype, timer, study, allowed, rejected, result,
+                   Progress(f"tune {tunable.spec_name} {tunable.kind}", trials, enabled=progress), url)
         try:
             _loop(run, trials, len(configs))
         finally:
@@ -482,7 +531,8 @@ def _loop(run: _Run, trials: int, n_configs: int) -> None:
         run.progress.update(counted, f"best {best[1]:.4g} ms, failed {run.result.failed}" if best else "")
         if run.allowed <= set(measured):
             break  # every surviving candidate has a value or a failure: nothing left to learn
-        trial = retrying(lambda: run.study.ask(fixed_distributions=distributions))
+        with ask_lock(run.url):
+            trial = retrying(lambda: run.study.ask(fixed_distributions=distributions))
         counted += run.step(trial, measured)
 
 

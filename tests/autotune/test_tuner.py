@@ -102,6 +102,23 @@ def test_failed_trials_are_recorded_and_the_run_goes_on(sqlite_url: str) -> None
     assert again.calls == [] and second.best_config == result.best_config
 
 
+def test_compile_failures_proposed_by_tpe_are_failed_trials(sqlite_url: str) -> None:
+    space = subspace("fwd", BLOCK_M=(16,), BLOCK_N=(32, 64, 128), num_warps=(2, 4), num_stages=(3, 4))
+    tunable, timer = FakeTunable(restricted=space), FakeTimer()
+    # few trials: one cost-model seed, then TPE's random start-up proposes from the whole space
+    result = tune(tunable, SHAPE, "fp16", trials=4, storage_url=sqlite_url, timer=timer, target="sm_90",
+                  identity=H100, seed=0, progress=False)
+    assert result.pruned == 6 and result.timed + result.repeated == 4  # num_stages=4 does not compile
+    assert all(c["num_stages"] == 3 for c in timer.calls)  # never launched, never timed
+    trials = study_trials(sqlite_url, tunable, SHAPE, H100)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["reason"].startswith("does not compile") for t in failed)
+    assert len({tuple(t.params.items()) for t in failed}) == len(failed)  # each recorded as FAIL once
+    repeats = [t for t in trials if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs["reason"].startswith("does not compile") for t in repeats)
+    assert result.failed == len(failed) and result.best_config is not None
+
+
 def test_repeated_configs_are_not_retimed(sqlite_url: str) -> None:
     space = subspace("fwd", BLOCK_M=(64, 128), BLOCK_N=(32, 64), num_warps=(4,), num_stages=(2, 3))
     tunable, timer = FakeTunable(restricted=space), FakeTimer()
