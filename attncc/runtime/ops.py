@@ -31,14 +31,17 @@ lowering, code generation) cannot be traced by Dynamo.  Two pieces make them inv
   Dynamo runs them once, at trace time, outside the graph, and bakes their (plain-data) result
   into the graph as a constant;
 * captured tensors of a mod are found under Dynamo by *recording*: the mods are called with
-  :class:`_Probe` tensors, a tensor subclass whose ``__torch_function__`` writes each torch call
-  (function, probe slots, constants, and the non-probe tensors it touches) to a tape instead of
-  computing.  Dynamo inlines that ``__torch_function__``, so the touched tensors are ordinary
-  graph values (parameters, inputs, closure cells, intermediate results, whatever the mod
-  reads, including mods defined inside the compiled function) and are passed to ``attncc::fwd``
-  as inputs; gradients reach them through the op's autograd formula.  The tape itself (plain
-  constants) goes to :func:`_plan`, which replays it through the same symbolic tracer as eager
-  mode (:mod:`attncc.runtime.trace`) and compiles the spec.
+  :class:`_Probe` tensors (empty tensors marking the mod's arguments) under :class:`_Recorder`,
+  a ``TorchFunctionMode`` that writes each torch call involving a probe (function, probe slots,
+  constants, and the other tensors it touches) to a tape instead of computing it.  Dynamo
+  inlines the mode, so the touched tensors are ordinary graph values (parameters, inputs,
+  closure cells, intermediate results: whatever the mod reads, including mods defined inside
+  the compiled function) and are passed to ``attncc::fwd`` as inputs; gradients reach them
+  through the op's autograd formula.  The tape itself (plain constants) goes to :func:`_plan`,
+  which replays it through the same symbolic tracer as eager mode
+  (:mod:`attncc.runtime.trace`) and compiles the spec.  The builtin ``abs(x)`` on a mod
+  argument is not reported to modes by Dynamo: it is refused with a SpecError (``x.abs()`` and
+  ``torch.abs(x)`` work).
 
 In eager mode the mods are traced directly by :func:`attncc.runtime.api.spec_from_mods`, as
 before; the probes are only used while Dynamo traces.
@@ -363,7 +366,7 @@ class _Probe(torch.Tensor):
     """Stand-in for a mod argument while recording: an empty tensor of shape ``[0, slot + 1]``
     (shape is static metadata, which Dynamo reads as a constant).  Being empty, anything
     computed from a probe by an operation that bypasses the recorder is empty too, and is
-    refused (:func:`_check_not_from_probe`) instead of being taken for a captured tensor."""
+    refused (by :func:`_plan`) instead of being taken for a captured tensor."""
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 

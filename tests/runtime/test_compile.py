@@ -282,3 +282,17 @@ def test_untraceable_mod_spelling_is_a_clear_error() -> None:
     fwd(q, k, v)  # eager tracing handles it
     with pytest.raises(Exception, match=r"builtin abs\(x\)"):
         torch.compile(fwd, fullgraph=True, backend=BACKEND)(q, k, v)
+
+
+def test_inductor_backend() -> None:
+    """The default backend: inductor compiles the code around the opaque attncc ops (C++ on CPU)."""
+    layer = BiasedAttention(heads=2, max_len=32).to(DEVICE)
+    q, k, v = _leaves((1, 2, 32, 16), (1, 2, 32, 16), (1, 2, 32, 16), seed=7)
+    temp = (0.5 + torch.rand(1, 2, 32)).requires_grad_()
+    inputs = [q, k, v, temp, layer.rel, layer.sink]
+    eager = _grads(lambda q, k, v, t, *p: layer(q, k, v, t), inputs)
+    compiled_layer = torch.compile(layer, fullgraph=True)
+    compiled = _grads(lambda q, k, v, t, *p: compiled_layer(q, k, v, t), inputs)
+    for name, a, b in zip(["loss", "dq", "dk", "dv", "grad of temp", "grad of rel", "grad of sink"], eager, compiled,
+                          strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"inductor {name}: {m}")
