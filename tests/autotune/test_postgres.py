@@ -70,3 +70,14 @@ def test_unreachable_server_falls_back_to_defaults(monkeypatch: pytest.MonkeyPat
     assert "\n" not in record.getMessage()
     with pytest.raises(StorageError):
         TuningCache(resolve_storage_url(dead))
+
+
+def test_missing_postgres_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .conftest import _unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run in CI"):
+        _unavailable("initdb not found")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="initdb not found"):
+        _unavailable("initdb not found")
