@@ -167,12 +167,13 @@ def validate_config(kind: str, config: object, space: ConfigSpace | None = None)
 
 
 def _fwd_default(head_dim: int, dtype: str) -> Config:
+    # Same numbers as the generated modules' DEFAULT_CONFIGS (zero spills on sm_90 at d64/d128).
     if head_dim <= 64:
-        config = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    elif head_dim <= 128:
         config = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    elif head_dim <= 128:
+        config = {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3}
     else:
-        config = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
+        config = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
     if dtype == "fp32":
         config["num_stages"] = min(config["num_stages"], 2)
     return config
@@ -180,11 +181,11 @@ def _fwd_default(head_dim: int, dtype: str) -> Config:
 
 def _bwd_default(head_dim: int, dtype: str) -> Config:
     if head_dim <= 64:
-        config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+        config = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}
     elif head_dim <= 128:
-        config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
+        config = {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
     else:
-        config = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1}
+        config = {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
     if dtype == "fp32":
         config["num_stages"] = 1
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 import triton
 
 from attncc.codegen.report import KernelReport
+from attncc.errors import CompileError
 from attncc.runtime.api import CompiledAttention, compile_spec
 from attncc.spec.model import Spec
 
@@ -82,9 +84,9 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
     from attncc.codegen.aot import compile_report
 
     head_dim_v = head_dim_v or head_dim
-    cfg = {**fn.module.default_config(max(head_dim, head_dim_v)), **(config or {})}
     out = []
     for kind in kinds:
+        cfg = {**fn.module.default_config(max(head_dim, head_dim_v), kind), **(config or {})}
         for kernel in KERNELS[kind]:
             sig, constexprs = kernel_signature(fn, kernel, dtype, head_dim, head_dim_v, cfg)
             out.append(compile_report(getattr(fn.module, kernel), sig, constexprs, target, cfg["num_warps"],
@@ -96,36 +98,66 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
 Job = tuple[Spec, str, str, int, "int | None", "dict[str, int] | None", tuple[str, ...]]
 
 
+class _Worker:
+    """One long-lived subprocess (interpreter off) that answers AOT jobs, one JSON line each."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def ask(cls, payload: list[dict[str, Any]]) -> dict[str, Any]:
+        if cls.proc is None or cls.proc.poll() is not None:
+            env = {**os.environ, "TRITON_INTERPRET": "0"}
+            cls.proc = subprocess.Popen([sys.executable, "-m", "attncc.runtime.aot_spec"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            atexit.register(cls.close)
+        assert cls.proc.stdin is not None and cls.proc.stdout is not None
+        cls.proc.stdin.write(json.dumps(payload) + "\n")
+        cls.proc.stdin.flush()
+        line = cls.proc.stdout.readline()
+        if not line:
+            cls.proc = None
+            raise CompileError("ahead-of-time compile worker died")
+        return json.loads(line)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.proc is not None and cls.proc.poll() is None:
+            cls.proc.stdin.close()  # type: ignore[union-attr]
+            cls.proc.wait(timeout=10)
+        cls.proc = None
+
+
 def report_many(jobs: list[Job]) -> list[KernelReport]:
-    """Run :func:`report_kernels` for each job in one clean subprocess (no interpreter)."""
+    """Run :func:`report_kernels` for each job in the AOT worker process (no interpreter)."""
     payload = [{"spec": spec.source if spec.source.endswith(".toml") else None, "name": spec.name,
                 "target": t, "dtype": dt, "head_dim": hd, "head_dim_v": hv, "config": cfg, "kinds": list(kinds)}
                for spec, t, dt, hd, hv, cfg, kinds in jobs]
     if any(p["spec"] is None for p in payload):
-        raise ValueError("subprocess AOT needs specs loaded from files")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", "attncc.runtime.aot_spec"], input=json.dumps(payload),
-                          capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        from attncc.errors import CompileError
-
-        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise CompileError(f"ahead-of-time compile failed: {last}")
-    return [KernelReport(**{k: v for k, v in r.items() if k not in ("spills", "fits")})
-            for r in json.loads(proc.stdout)]
+        raise CompileError("ahead-of-time reports in an interpreter process need specs loaded from files")
+    answer = _Worker.ask(payload)
+    if "error" in answer:
+        raise CompileError(answer["error"])
+    return [KernelReport(**{k: v for k, v in r.items() if k not in ("spills", "fits")}) for r in answer["reports"]]
 
 
-def _worker() -> None:
+def _serve() -> None:
+    """Worker loop: one JSON list of jobs per input line, one JSON answer per output line."""
+    from attncc.errors import AttnccError
     from attncc.spec.loader import resolve
 
-    out = []
-    for job in json.loads(sys.stdin.read()):
-        fn = compile_spec(resolve(job["spec"]))
-        reps = report_kernels(fn, job["target"], job["dtype"], job["head_dim"], job["head_dim_v"], job["config"],
-                              tuple(job["kinds"]))
-        out += [r.to_json() for r in reps]
-    print(json.dumps(out))
+    for line in sys.stdin:
+        try:
+            out = []
+            for job in json.loads(line):
+                fn = compile_spec(resolve(job["spec"]))
+                reps = report_kernels(fn, job["target"], job["dtype"], job["head_dim"], job["head_dim_v"],
+                                      job["config"], tuple(job["kinds"]))
+                out += [r.to_json() for r in reps]
+            answer: dict[str, Any] = {"reports": out}
+        except (AttnccError, ValueError, KeyError) as exc:
+            answer = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":
-    _worker()
+    _serve()

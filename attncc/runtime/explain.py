@@ -33,10 +33,11 @@ class TileStats:
 
 
 def default_tiles(head_dim: int) -> tuple[int, int]:
-    for bound in sorted(DEFAULT_CONFIGS):
+    table = DEFAULT_CONFIGS["fwd"]
+    for bound in sorted(table):
         if head_dim <= bound:
-            return DEFAULT_CONFIGS[bound]["BLOCK_M"], DEFAULT_CONFIGS[bound]["BLOCK_N"]
-    return 64, 32
+            return table[bound]["BLOCK_M"], table[bound]["BLOCK_N"]
+    return table[max(table)]["BLOCK_M"], table[max(table)]["BLOCK_N"]
 
 
 def _num(e: sp.Basic, env: dict) -> int:
