@@ -1,7 +1,7 @@
 """Public Python API: ``load``, the ``attention`` decorator, FlexAttention-compatible functions.
 
 Every path builds a :class:`Spec`, which is lowered and compiled once per
-content hash; tensors are validated here with one-line :class:`InputError`s.
+content hash; tensors are validated in :mod:`attncc.runtime.ops` with one-line :class:`InputError`s.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from attncc.spec.loader import resolve
 from attncc.spec.model import CaptureDecl, Spec
 
 _COMPILED: dict[str, CompiledAttention] = {}
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class CompiledAttention:
@@ -78,47 +77,6 @@ class CompiledAttention:
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
         default = self.module.default_config(max(D, E), kind)
         return lookup_config(self.spec.content_hash, kind, (B, H, max(M, 1), max(N, 1), D, E), dtype, default)
-
-
-def validate(spec: Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             captures: Mapping[str, torch.Tensor]) -> None:
-    """One-line errors for tensors the kernel cannot take."""
-    name = spec.name
-    for label, t in (("query", q), ("key", k), ("value", v)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: {label} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise InputError(f"{name}: {label} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"{name}: {label} dtype {t.dtype} not supported (fp16, bf16, fp32)")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise InputError(f"{name}: query/key/value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise InputError(f"{name}: query/key/value on different devices: {q.device}, {k.device}, {v.device}")
-    B, H, _, D = q.shape
-    if k.shape[0] != B or v.shape[0] != B:
-        raise InputError(f"{name}: batch sizes differ: query {B}, key {k.shape[0]}, value {v.shape[0]}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise InputError(f"{name}: key {tuple(k.shape)} and value {tuple(v.shape)} differ in heads or length")
-    if k.shape[3] != D:
-        raise InputError(f"{name}: query head dim {D} != key head dim {k.shape[3]}")
-    if max(D, v.shape[3]) > 256:
-        raise InputError(f"{name}: head dims above 256 are not supported (D={D}, E={v.shape[3]})")
-    HK = k.shape[1]
-    if spec.is_gqa:
-        if H % HK:
-            raise InputError(f"{name}: query heads {H} not divisible by key/value heads {HK}")
-    elif HK != H:
-        raise InputError(f"{name}: query has {H} heads, key/value {HK}; use a GQA spec or enable_gqa=True")
-    for cname, t in captures.items():
-        decl = spec.captures[cname]
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: captured '{cname}' must be a tensor")
-        if t.dim() != decl.ndim:
-            raise InputError(f"{name}: captured '{cname}' must be {decl.ndim}-D [{' '.join(decl.dims)}], "
-                             f"got {tuple(t.shape)}")
-        if t.device != q.device:
-            raise InputError(f"{name}: captured '{cname}' on {t.device}, query on {q.device}")
 
 
 def compile_spec(spec: Spec) -> CompiledAttention:

@@ -41,10 +41,14 @@ def test_defaults_are_members_of_their_space(kind: str, head_dim: int, dtype: st
     assert config in SPACES[kind]
 
 
-def test_fwd_defaults_follow_head_dim() -> None:
-    assert default_config("fwd", 64, "fp16") == {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-    assert default_config("fwd", 128, "fp16")["num_warps"] == 8
-    assert default_config("fwd", 64, "fp32")["num_stages"] == 2
+def test_fwd_and_bwd_defaults_are_the_generated_modules_defaults() -> None:
+    from attncc.codegen.prefill import DEFAULT_CONFIGS
+
+    for kind in ("fwd", "bwd"):
+        assert default_config(kind, 64, "fp16") == DEFAULT_CONFIGS[kind][64]
+        assert default_config(kind, 48, "bf16") == DEFAULT_CONFIGS[kind][64]
+        assert default_config(kind, 128, "fp16") == DEFAULT_CONFIGS[kind][128]
+        assert default_config(kind, 200, "fp32") == DEFAULT_CONFIGS[kind][256]
 
 
 @pytest.mark.parametrize(
