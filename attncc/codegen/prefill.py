@@ -34,8 +34,8 @@ DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
         256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
     },
     "bwd": {
-        64: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2},
-        128: {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+        64: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
+        128: {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 1},
         256: {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
     },
 }
