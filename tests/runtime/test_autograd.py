@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 from conftest import DEVICE, SMALL_TILES
+from reference import Grid
 
 import attncc
 
@@ -27,21 +28,6 @@ NEG_INF = float("-inf")
 
 
 # --- the dense reference --------------------------------------------------------------------------
-
-@dataclass
-class Grid:
-    """Broadcastable index grids over [B, H, M, N]."""
-
-    b: torch.Tensor
-    h: torch.Tensor
-    m: torch.Tensor
-    n: torch.Tensor
-
-    @staticmethod
-    def make(B: int, H: int, M: int, N: int) -> Grid:
-        return Grid(torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, H, 1, 1),
-                    torch.arange(M).view(1, 1, M, 1), torch.arange(N).view(1, 1, 1, N))
-
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                     score: Callable[[torch.Tensor, Grid, dict], torch.Tensor],
