@@ -152,7 +152,9 @@ def masked_softmax_attention(s: torch.Tensor, keep: torch.Tensor, v: torch.Tenso
 
 # --- accuracy rule --------------------------------------------------------------------------------
 
-FLOORS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
+# Absolute floors of the 2x rule, per input dtype.  fp32 kernels are within ~3e-7 of the golden on
+# these shapes, so 1e-6 still lets a 1e-5 slip (an lse off by a wrong LN2 constant) fail.
+FLOORS = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float64: 1e-12}
 
 
 def _max_err(x: torch.Tensor, ref: torch.Tensor, where: torch.Tensor) -> float:

@@ -42,6 +42,11 @@ def test_every_spec_compiles(library_reports: dict, name: str, target: str) -> N
 def test_default_configs_do_not_spill_on_sm90() -> None:
     jobs = [(resolve(name), "sm_90", dt, hd, None, None, ("fwd", "bwd"))
             for name in ZERO_SPILL_SPECS for dt in ("fp16", "bf16") for hd in (64, 128)]
-    bad = [f"{r.kernel} {r.config}: {r.spills} spill bytes, smem {r.shared_bytes}"
-           for r in report_many(jobs) if not r.fits]
+    reports = report_many(jobs)
+    assert len(reports) == len(KERNELS) * len(jobs), f"{len(reports)} reports for {len(jobs)} jobs x {len(KERNELS)} kernels"
+    for name in ZERO_SPILL_SPECS:  # each spec: every kernel once per (dtype, head dim), all for sm_90
+        kernels = sorted(r.kernel.split(".")[1].split("[")[0] for r in reports if r.kernel.split(".")[0] == name)
+        assert kernels == sorted(list(KERNELS) * 4), f"{name}: kernels reported {kernels}"
+    assert all(r.target == "sm_90" and r.registers > 0 for r in reports), "a report without registers or for another target"
+    bad = [f"{r.kernel} {r.config}: {r.spills} spill bytes, smem {r.shared_bytes}" for r in reports if not r.fits]
     assert not bad, "default configs spill on sm_90:\n" + "\n".join(bad)

@@ -94,12 +94,28 @@ def test_transposed_ranges_cover_unmasked_queries(name: str) -> None:
             assert lo <= min(live_rows) and max(live_rows) < hi, f"{name}: key tile {n0} misses query rows"
 
 
-def test_causal_tiles_are_tight() -> None:
-    """Causal visits exactly the lower-triangle tiles, and all but the diagonal are full."""
+M_FIRST = sp.Symbol("m_first", integer=True, nonnegative=True)
+M_LAST = sp.Symbol("m_last", integer=True, nonnegative=True)
+
+
+@pytest.mark.parametrize("M,bm,bn", [(64, 16, 16), (77, 16, 16), (33, 16, 8), (1, 16, 16)],
+                         ids=["M64-b16", "M77-b16", "M33-b16x8", "M1"])
+def test_causal_tiles_are_tight(M: int, bm: int, bn: int) -> None:
+    """Causal visits exactly the tiles holding a key n <= m, and exactly those with n <= m everywhere are full."""
     analysis = analyse(resolve("causal").mask, KEYS)
     (seg,) = analysis.segments
-    assert seg.lo == 0
-    assert seg.full_lo == 0 and seg.full_hi is not None
+    N = E.SIZE_SYMBOLS["N"]
+    assert seg.lo == 0 and seg.full_lo == 0
+    assert sp.simplify(seg.hi - sp.Min(N, M_LAST + 1)) == 0, f"causal visited keys end at {seg.hi}"
+    assert sp.simplify(seg.full_hi - sp.Min(N, M_FIRST + 1)) == 0, f"causal full keys end at {seg.full_hi}"
+    env = {N: M, E.SIZE_SYMBOLS["M"]: M, E.b: 0, E.h: 0}
+    for m0 in range(0, M, bm):
+        m1 = min(m0 + bm, M) - 1
+        tiles = _tiles(analysis, {**env, M_FIRST: m0, M_LAST: m1}, bn)
+        want_all = list(range(0, m1 + 1, bn))  # every key tile starting at or below the tile's last row
+        want_full = [n0 for n0 in want_all if n0 + bn - 1 <= m0 and n0 + bn <= M]
+        assert tiles["all"] == want_all, f"query tile {m0}: visits {tiles['all']}, expected {want_all}"
+        assert tiles["full"] == want_full, f"query tile {m0}: full {tiles['full']}, expected {want_full}"
 
 
 def test_unorderable_or_opaque_masks_fall_back_to_all_partial() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from conftest import DEVICE, SMALL_TILES
+from reference import assert_close_to_golden
 from torch._dynamo.testing import CompileCounterWithBackend, EagerAndRecordGraphs
 
 import attncc
@@ -248,7 +249,8 @@ SCALE_T = torch.tensor(0.7)  # a 0-d captured tensor, used as a value
 def _spellings(s, b, h, m, n):
     """Many ways to write the same arithmetic; Dynamo hands them to the recorder under other names."""
     x = torch.where((m - n) % 3 == 0, -s, s.abs()) + (1 - s) / 4 + torch.clamp(m - n, min=0) // 2 * 0.1
-    x = x + 2 ** (-(m - n).clamp(0, 4)) + s.tanh() * SCALE_T + torch.sigmoid(s) - torch.exp(s * 0.1)
+    # 2.0, not 2: torch computes int ** negative int tensor in integers (2 ** -1 == 0); attncc in floats
+    x = x + 2.0 ** (-(m - n).clamp(0, 4)) + s.tanh() * SCALE_T + torch.sigmoid(s) - torch.exp(s * 0.1)
     x = x + (s * s).sqrt() + (s ** 2) * 0.01 + torch.maximum(s, s * 0.5) + torch.minimum(s, 1.0 - s)
     x = x + 1.0 / (1.0 + torch.abs(m - n)) + (7 // (1 + n)) * 0.1 + (7 % (1 + n)) * 0.1 + (m // 2).float() * 0.01
     return -(x - torch.floor(s) + torch.ceil(s * 0.5)) / SCALE_T
@@ -258,7 +260,20 @@ def _spelled_mask(b, h, m, n):
     return (~(n > m) & ((m - n < 20) | (n == 0)) & torch.logical_not(m == 5)) | torch.logical_and(m == 5, n == 5)
 
 
+def _torch_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable,
+                mask_mod: Callable) -> torch.Tensor:
+    """torch's own FlexAttention, eager (the oracle for what the spellings mean)."""
+    from torch.nn.attention import flex_attention as tf
+
+    block_mask = tf.create_block_mask(mask_mod, None, None, q.shape[2], k.shape[2], device=q.device)
+    with torch.no_grad():
+        return tf.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_operator_spellings_record_like_eager_tracing() -> None:
+    """Eager and compiled tracing of the spellings agree bitwise, and both compute what torch's flex does
+    (2x rule against torch's flex on fp64 inputs, same-dtype error from torch's flex in fp32)."""
     mask = attncc.create_block_mask(_spelled_mask, None, None, 24, 24)
 
     def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -268,6 +283,9 @@ def test_operator_spellings_record_like_eager_tracing() -> None:
     eager = fwd(q, k, v)
     compiled = torch.compile(fwd, fullgraph=True, backend=BACKEND)(q, k, v)
     assert torch.equal(eager, compiled), f"max |diff| {(eager - compiled).abs().max():.3g}"
+    golden = _torch_flex(q.double(), k.double(), v.double(), _spellings, _spelled_mask)
+    same = _torch_flex(q, k, v, _spellings, _spelled_mask)
+    assert_close_to_golden("operator spellings (eager tracing): output", eager.cpu(), golden.cpu(), same.cpu())
 
 
 def test_untraceable_mod_spelling_is_a_clear_error() -> None:

@@ -24,21 +24,36 @@ def qkv(B, H, M, N, D=16, E=None, HK=None, dtype=torch.float32):
             rand(B, HK or H, N, E or D, dtype=dtype, seed=3))
 
 
-def dense_golden(q, k, v, keep, score=None, scale=None):
-    """fp64 attention with an explicit elementwise mask ``keep`` [.., M, N] (independent of attncc)."""
+def dense_golden(q, k, v, keep, score=None, scale=None, dtype=torch.float64):
+    """Attention with an explicit elementwise mask ``keep`` [.., M, N], computed in ``dtype``
+    (fp64: the golden; the inputs' dtype: same-dtype torch), independent of attncc."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = q.cpu().double() @ k.cpu().double().transpose(-1, -2) * scale
+    s = q.cpu().to(dtype) @ k.cpu().to(dtype).transpose(-1, -2) * scale
     if score is not None:
         s = score(s)
-    return masked_softmax_attention(s, keep.expand(s.shape), v.cpu().double())
+    return masked_softmax_attention(s, keep.expand(s.shape), v.cpu().to(dtype))
 
 
-def check_fp32(label, got, golden, atol=2e-5):
+def check_fp32(label, got, golden, same, atol=2e-5):
+    """fp32 kernel results against the fp64 ``golden`` by the 2x rule, ``same`` computed in fp32."""
     o, lse = (t.cpu() for t in got)
+    assert same[0].dtype == torch.float32 and same[1].dtype == torch.float32, f"{label}: same-dtype not fp32"
     assert not torch.isnan(o).any() and not torch.isnan(lse).any(), f"{label}: NaN in output or lse"
-    assert_close_to_golden(f"{label}: output", o, golden[0], golden[0].float(), input_dtype=torch.float32)
-    assert_close_to_golden(f"{label}: lse", lse, golden[1], golden[1].float(), input_dtype=torch.float32)
+    assert_close_to_golden(f"{label}: output", o, golden[0], same[0], input_dtype=torch.float32)
+    assert_close_to_golden(f"{label}: lse", lse, golden[1], same[1], input_dtype=torch.float32)
     assert (o.double() - golden[0]).abs().max() <= atol
+
+
+def check_dense_fp32(label, got, q, k, v, keep, score=None):
+    """:func:`check_fp32` against :func:`dense_golden` in fp64 and in fp32."""
+    check_fp32(label, got, dense_golden(q, k, v, keep, score), dense_golden(q, k, v, keep, score, dtype=torch.float32))
+
+
+def check_reference_fp32(label, got, name, q, k, v, **kwargs):
+    """:func:`check_fp32` against ``reference.reference`` in fp64 and in fp32."""
+    q, k, v = q.cpu(), k.cpu(), v.cpu()
+    check_fp32(label, got, reference(name, q, k, v, **kwargs),
+               reference(name, q, k, v, compute_dtype=torch.float32, **kwargs))
 
 
 # --- fully masked rows -----------------------------------------------------------------------------------
@@ -54,7 +69,7 @@ def test_rows_without_keys_give_zero_and_neg_inf_flex() -> None:
     o, lse = attncc.flex_attention(q, k, v, block_mask=bm, return_lse=True, kernel_options=dict(SMALL_TILES))
     m, n = torch.arange(45).view(45, 1), torch.arange(45).view(1, 45)
     keep = (m % 4 != 1) & (n <= m)
-    check_fp32("holes", (o, lse), dense_golden(q, k, v, keep))
+    check_dense_fp32("holes", (o, lse), q, k, v, keep)
     empty = torch.arange(45) % 4 == 1
     assert torch.equal(o.cpu()[:, :, empty], torch.zeros(1, 2, int(empty.sum()), 16)), "empty rows not exactly 0"
     assert torch.isneginf(lse.cpu()[:, :, empty]).all(), "empty rows must have lse -inf"
@@ -90,7 +105,7 @@ def test_rows_masked_by_score_mod_minus_inf() -> None:
 
     o, lse = attncc.flex_attention(q, k, v, score_mod=drop_rows, return_lse=True, kernel_options=dict(SMALL_TILES))
     keep = (torch.arange(20) % 3 != 0).view(20, 1).expand(20, 30)
-    check_fp32("score_mod -inf rows", (o, lse), dense_golden(q, k, v, keep))
+    check_dense_fp32("score_mod -inf rows", (o, lse), q, k, v, keep)
 
 
 def test_zero_keys() -> None:
@@ -131,7 +146,7 @@ def test_single_query_decode_bottom_right_flex() -> None:
 
     bm = attncc.create_block_mask(bottom_right, 2, 2, 1, 77, device=DEVICE)
     got = attncc.flex_attention(q, k, v, block_mask=bm, return_lse=True, kernel_options=dict(SMALL_TILES))
-    check_fp32("decode bottom-right", got, dense_golden(q, k, v, torch.ones(1, 77, dtype=torch.bool)))
+    check_dense_fp32("decode bottom-right", got, q, k, v, torch.ones(1, 77, dtype=torch.bool))
 
 
 def test_single_key() -> None:
@@ -148,7 +163,7 @@ def test_single_key() -> None:
 def test_lopsided_lengths(spec: str, M: int, N: int) -> None:
     q, k, v = qkv(1, 1, M, N)
     got = attncc.load(spec)(q, k, v, return_lse=True, config=dict(SMALL_TILES))
-    check_fp32(f"{spec} M={M} N={N}", got, reference(spec, q.cpu(), k.cpu(), v.cpu()))
+    check_reference_fp32(f"{spec} M={M} N={N}", got, spec, q, k, v)
 
 
 def test_large_scores_stay_finite() -> None:
@@ -178,7 +193,7 @@ def test_non_contiguous_inputs() -> None:
     got = fn(q, k, v, return_lse=True, config=dict(SMALL_TILES))
     want = fn(q.contiguous(), k.contiguous(), v.contiguous(), return_lse=True, config=dict(SMALL_TILES))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), "strided inputs change the result"
-    check_fp32("causal strided", got, reference("causal", q.cpu(), k.cpu(), v.cpu()))
+    check_reference_fp32("causal strided", got, "causal", q, k, v)
 
 
 def test_non_contiguous_captured_tensor() -> None:
@@ -191,8 +206,8 @@ def test_non_contiguous_captured_tensor() -> None:
     got = fn(q, k, v, bias=bias, max_distance=8, return_lse=True, config=dict(SMALL_TILES))
     want = fn(q, k, v, bias=bias.contiguous(), max_distance=8, return_lse=True, config=dict(SMALL_TILES))
     assert torch.equal(got[0], want[0]), "a strided captured tensor changes the result"
-    check_fp32("relative_bias strided table", got,
-               reference("relative_bias", q.cpu(), k.cpu(), v.cpu(), bias=bias.cpu(), max_distance=8))
+    check_reference_fp32("relative_bias strided table", got, "relative_bias", q, k, v, bias=bias.cpu(),
+                         max_distance=8)
 
 
 # --- input validation ----------------------------------------------------------------------------------------
@@ -342,6 +357,10 @@ MODIFY_CASES = [
     ("score * E / D", lambda s, m, n, D, E: s * E / D),
     ("score + sign(score)", lambda s, m, n, D, E: s + torch.sign(s)),
     ("1.5", lambda s, m, n, D, E: torch.full_like(s, 1.5)),
+    # n - m <= 0 under the causal mask: Python's floor division and modulo of negative integers
+    ("score + 0.5 * ((n - m) // 3)", lambda s, m, n, D, E: s + 0.5 * torch.div(n - m, 3, rounding_mode="floor")),
+    ("score + 0.5 * ((n - m) % 4)", lambda s, m, n, D, E: s + 0.5 * torch.remainder(n - m, 4)),
+    ("score - 0.3 * ((m - n) % -5)", lambda s, m, n, D, E: s - 0.3 * torch.remainder(m - n, -5)),
 ]
 
 
@@ -353,5 +372,5 @@ def test_spec_modify_expressions(modify: str, torch_fn) -> None:
     q, k, v = qkv(1, 2, 29, 29, D=16, E=32)
     got = attncc.load(spec)(q, k, v, return_lse=True, config=dict(SMALL_TILES))
     m, n = torch.arange(29).view(29, 1), torch.arange(29).view(1, 29)
-    golden = dense_golden(q, k, v, n <= m, score=lambda s: torch_fn(s, m, n, 16, 32).expand(s.shape))
-    check_fp32(f"modify '{modify}'", got, golden)
+    check_dense_fp32(f"modify '{modify}'", got, q, k, v, n <= m,
+                     score=lambda s: torch_fn(s, m, n, 16, 32).expand(s.shape))
