@@ -10,6 +10,7 @@ import networkx as nx
 
 from attncc.codegen import cache
 from attncc.codegen.prefill import render, schedule_templates
+from attncc.ir import expr as E
 from attncc.passes import lower
 from attncc.spec.model import Spec
 
@@ -30,7 +31,11 @@ def generate(spec: Spec) -> Generated:
     """Lower ``spec`` and render its source (always: nothing is read back from the kernel cache)."""
     g = lower(spec)
     sched = g.graph["schedule"]
-    key = cache.source_key(spec.canonical(), schedule_templates(sched.template), sched.name)
+    # canonical() identifies a meaning (n <= m and m >= n alike); the key also covers the spelling,
+    # which the printed module shows.
+    spelling = [E.canonical(spec.kv_head), E.canonical(spec.modify), E.canonical(spec.mask)]
+    key = cache.source_key({**spec.canonical(), "spelling": spelling}, schedule_templates(sched.template),
+                           sched.name)
     return Generated(spec, g, key, render(g, key))
 
 

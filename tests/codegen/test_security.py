@@ -225,6 +225,15 @@ def test_another_description_gets_another_key(canary: Path) -> None:
     assert copy.description in b.module.__doc__ and copy.description not in a.module.__doc__
 
 
+def test_kernel_key_follows_the_printed_spelling() -> None:
+    """``n <= m`` and ``m >= n`` share a content hash (one meaning) but print differently: two keys."""
+    a = load_text(CAUSAL, "a.toml")
+    b = load_text(CAUSAL.replace('mask = "n <= m"', 'mask = "m >= n"'), "b.toml")
+    assert a.content_hash == b.content_hash
+    ga, gb = generate(a), generate(b)
+    assert ga.source != gb.source and ga.key != gb.key
+
+
 # --- nothing read from the cache directory runs ---------------------------------------------------
 
 def _with_old_header(body: str) -> str:
