@@ -1,4 +1,4 @@
-"""Code generation: lowered IR -> Triton source, cached by content hash."""
+"""Code generation: lowered IR -> Triton source, executed from the text generated in this process."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import networkx as nx
 
 from attncc.codegen import cache
 from attncc.codegen.prefill import render, schedule_templates
+from attncc.ir import expr as E
 from attncc.passes import lower
 from attncc.spec.model import Spec
 
 
 @dataclass
 class Generated:
-    """A spec's lowered IR, its source key and (once written) its file and module."""
+    """A spec's lowered IR, its source key and text, and (once loaded) its module and readable copy."""
 
     spec: Spec
     graph: nx.DiGraph
@@ -27,22 +28,20 @@ class Generated:
 
 
 def generate(spec: Spec) -> Generated:
-    """Lower ``spec`` and produce its source, from the disk cache when present."""
+    """Lower ``spec`` and render its source (always: nothing is read back from the kernel cache)."""
     g = lower(spec)
     sched = g.graph["schedule"]
-    key = cache.source_key(spec.canonical(), schedule_templates(sched.template), sched.name)
-    text = cache.read(key)
-    if text is None:
-        text = render(g, key)
-    return Generated(spec, g, key, text)
+    # canonical() identifies a meaning (n <= m and m >= n alike); the key also covers the spelling,
+    # which the printed module shows.
+    spelling = [E.canonical(spec.kv_head), E.canonical(spec.modify), E.canonical(spec.mask)]
+    key = cache.source_key({**spec.canonical(), "spelling": spelling}, schedule_templates(sched.template),
+                           sched.name)
+    return Generated(spec, g, key, render(g, key))
 
 
 def load_module(gen: Generated) -> ModuleType:
-    """Write (if needed) and import the generated module."""
+    """Run the generated text as a module; a copy goes to the kernel cache for reading only."""
     if gen.module is None:
-        if cache.read(gen.key) != gen.source:
-            gen.path = cache.write(gen.key, gen.source)
-        else:
-            gen.path = cache.cache_dir() / f"k_{gen.key}.py"
-        gen.module = cache.import_source(gen.key, gen.path)
+        gen.path = cache.write(gen.key, gen.source)
+        gen.module = cache.execute(gen.key, gen.source)
     return gen.module

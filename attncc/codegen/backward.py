@@ -16,6 +16,7 @@ from typing import Any
 import networkx as nx
 import sympy as sp
 
+from attncc.codegen.literals import comment_text, doc_text, py_literal
 from attncc.codegen.loops import segments_code, tile_shaped
 from attncc.codegen.printer import TorchPrinter, TritonPrinter
 from attncc.ir import expr as E
@@ -71,16 +72,16 @@ def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: s
     for j, (ld, kind, slot) in enumerate(zip(loads, kinds, slots, strict=True)):
         deriv = tile_pr.doprint(load_derivative(spec.modify, ld))
         dload_fns.append(f'@triton.jit\ndef dload_{j}({"s, " + call_args}):\n'
-                         f'    """d score_mod / d {ld} (the {kind} gradient term of {ld.tensor_name})."""\n'
+                         f'    """d score_mod / d {doc_text(str(ld))} (the {kind} gradient term of {ld.tensor_name})."""\n'
                          f"    return {deriv}\n")
         term = f"tl.where(p > 0.0, ds * dload_{j}(s, {call_args}), 0.0)"
         if kind == "row":
             cg_params += f", cg{j}"
-            cg_init.append(f"    cg{j} = tl.zeros([BLOCK_M], tl.float32)  # sum over n of dS * d/d {ld}")
+            cg_init.append(f"    cg{j} = tl.zeros([BLOCK_M], tl.float32)  # sum over n of dS * d/d {comment_text(str(ld))}")
             cg_code.append(f"    cg{j} += tl.sum({term}, 1)")
             cg_store.append(f"    tl.store(CG_row + (({slot} * B + off_b) * H + off_h) * M + offs_m, cg{j}, mask=m_ok)")
         else:
-            cg_code.append(f"    if WRITE_FULL:  # dS * d/d {ld}, per element\n"
+            cg_code.append(f"    if WRITE_FULL:  # dS * d/d {comment_text(str(ld))}, per element\n"
                            f"        tl.store(CG_full + (({slot} * B + off_b) * H + off_h) * M * N + offs_m[:, None] * N"
                            f" + offs_n[None, :], {term}, mask=m_ok[:, None] & n_ok[None, :])")
     head_lo, head_hi, check = _head_loop(spec)
@@ -94,7 +95,7 @@ def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: s
               f"offs_d, offs_e, off_b, off_h, stride_kn, stride_vn, CG_full, {ctx.all}, HEAD_D, HEAD_E, "
               "BLOCK_N, {masked}, DOT_PRECISION, WRITE_FULL)")
     cap_loads = "[\n" + "".join(
-        f'    ("{ld.tensor_name}", "{kind}", {slot}, {_index_lambda(ld, spec)}),  # {ld}\n'
+        f'    ({py_literal(ld.tensor_name)}, "{kind}", {slot}, {_index_lambda(ld, spec)}),  # {comment_text(str(ld))}\n'
         for ld, kind, slot in zip(loads, kinds, slots, strict=True)) + "]"
     apply_dmod = "# identity score modification: dS needs no chain rule" if identity else \
         f"ds = tl.where(p > 0.0, ds * {tile_shaped('dscore_mod', dmod, call_args)}, 0.0)"

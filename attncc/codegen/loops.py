@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from attncc.codegen.literals import comment_text
 from attncc.codegen.printer import TritonPrinter
 from attncc.ir import expr as E
 from attncc.passes.mask_analysis import MaskAnalysis, Segment
@@ -10,8 +11,8 @@ from attncc.passes.mask_analysis import MaskAnalysis, Segment
 def _segment_code(k: int, total: int, seg: Segment, pr: TritonPrinter, tile_call: str,
                   indent: str = "    ", var: str = "n0", block: str = "BLOCK_N", what: str = "keys") -> str:
     """Tile loops of one segment: masked edge tiles, mask-free full tiles, masked edge tiles."""
-    lines = [f"# segment {k + 1} of {total}: {what} where {seg.conjunct}",
-             f"#   visited {what}: [{seg.lo}, {seg.hi})",
+    lines = [f"# segment {k + 1} of {total}: {what} where {comment_text(str(seg.conjunct))}",
+             f"#   visited {what}: [{comment_text(f'{seg.lo}, {seg.hi}')})",
              f"seg_lo = tl.maximum(({pr.p(seg.lo)}) // {block} * {block}, visited_end)",
              f"seg_end = tl.maximum(tl.cdiv({pr.p(seg.hi)}, {block}) * {block}, seg_lo)"]
     if seg.full_lo is None or seg.full_hi is None:
@@ -19,7 +20,7 @@ def _segment_code(k: int, total: int, seg: Segment, pr: TritonPrinter, tile_call
                   f"for {var} in range(seg_lo, seg_end, {block}):",
                   f"    {tile_call.format(masked='True')}"]
     else:
-        lines += [f"#   full (mask-free) tiles inside: [{seg.full_lo}, {seg.full_hi})",
+        lines += [f"#   full (mask-free) tiles inside: [{comment_text(f'{seg.full_lo}, {seg.full_hi}')})",
                   f"full_lo = tl.minimum(tl.maximum(tl.cdiv({pr.p(seg.full_lo)}, {block}) * {block}, seg_lo), seg_end)",
                   f"full_hi = tl.maximum(tl.minimum(({pr.p(seg.full_hi)}) // {block} * {block}, seg_end), full_lo)"]
         for lo, hi, masked in (("seg_lo", "full_lo", "True"), ("full_lo", "full_hi", "False"),

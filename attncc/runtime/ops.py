@@ -14,8 +14,8 @@ generic pair rather than one op per spec because
 * the schema is registered once, at import, never while Dynamo is tracing (registering an op
   from inside a traced function is not something Dynamo can record);
 * a spec is a string constant in the FX graph, so a graph names exactly the kernels it runs,
-  and the implementation finds them again from the key alone (in this process, or from the
-  on-disk kernel cache, where ``attncc.codegen.cache`` stores every module by that key);
+  and the implementation finds them again from the key alone, among the modules generated in
+  this process (nothing is loaded from the on-disk kernel cache: its files are only for reading);
 * the fake (meta) implementation is the same for every spec: o is q's shape with v's head dim,
   lse is fp32 ``[B, H, M]``, gradients are shaped like their inputs;
 * ``torch.library.opcheck`` on one op checks the binding of every spec.
@@ -102,16 +102,17 @@ def spec_info(compiled: CompiledAttention) -> SpecInfo:
 
 
 def kernel_module(key: str) -> ModuleType:
-    """The generated module of ``key``: registered in this process, else from the kernel cache."""
+    """The generated module of ``key``, only if it was generated in this process (never read from disk)."""
     compiled = _COMPILED.get(key)
     if compiled is not None:
         return compiled.module
     from attncc.codegen import cache
 
-    if cache.read(key) is None:
-        raise InputError(f"attncc: no compiled kernel with key {key} in this process or in the kernel cache "
-                         f"({cache.cache_dir()})")
-    return cache.import_source(key, cache.cache_dir() / f"k_{key}.py")
+    module = cache.executed(key)
+    if module is None:
+        raise InputError(f"attncc: no kernel with key {key} was compiled in this process; compile or load its "
+                         "spec here first (attncc.load(...), or one call of the attention function)")
+    return module
 
 
 def _capture_dict(module: ModuleType, captures: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:

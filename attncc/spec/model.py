@@ -82,9 +82,10 @@ class Spec:
     normalize: str = "softmax"
 
     def canonical(self) -> dict[str, Any]:
-        """Everything that shapes generated code, as plain data."""
+        """Everything that shapes generated code (the description too: it is shown in the module), as plain data."""
         return {
             "name": self.name,
+            "description": self.description,
             "kv_head": E.canonical(self.kv_head),  # relationals below in canonical orientation
             "scaled": self.scaled,
             "modify": E.canonical(_canonical_relations(self.modify)),

@@ -21,12 +21,12 @@ def test_key_depends_on_spec_content_not_on_its_file() -> None:
     assert generate(other).key != generate(a).key
 
 
-def test_cache_rejects_tampered_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_copy_is_rewritten_when_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATTNCC_CACHE_DIR", str(tmp_path))
     path = cache.write("abc", "x = 1\n")
-    assert cache.read("abc") == "x = 1\n"
-    path.write_text(path.read_text().replace("x = 1", "x = 2"))
-    assert cache.read("abc") is None
+    assert path is not None and path.read_text() == "x = 1\n"
+    path.write_text("x = 2\n")
+    assert cache.write("abc", "x = 1\n") == path and path.read_text() == "x = 1\n"
     assert not list(path.parent.glob(".tmp_*")), "temporary files left behind"
 
 

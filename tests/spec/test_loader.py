@@ -136,11 +136,13 @@ def test_valid_text_loads() -> None:
 
 def test_content_hash_follows_the_expressions() -> None:
     a = load_text(spec_text(mask='"n <= m"'), "a.toml")
-    b = load_text(spec_text(mask='"n<=m"').replace("description = \"test spec\"", "description = \"other\""),
-                  "b.toml")
+    b = load_text(spec_text(mask='"n<=m"'), "b.toml")
     c = load_text(spec_text(mask='"n < m"'), "c.toml")
+    d = load_text(spec_text(mask='"n <= m"').replace("description = \"test spec\"", "description = \"other\""),
+                  "d.toml")
     assert a.content_hash == b.content_hash
     assert a.content_hash != c.content_hash
+    assert a.content_hash != d.content_hash, "the description is printed into the module: it is part of the key"
 
 
 # --- malformed specs -----------------------------------------------------------------------------------
