@@ -63,8 +63,6 @@ if TYPE_CHECKING:
     from attncc.runtime.api import CompiledAttention
     from attncc.spec.model import Spec
 
-SUPPORTED_DTYPES = host.SUPPORTED_DTYPES
-
 
 # --- the registry: key -> compiled variant ------------------------------------------------------
 

@@ -334,3 +334,19 @@ def test_bf16_forward_and_backward() -> None:
         assert got.dtype == (torch.float32 if name == "lse" else torch.bfloat16), f"bf16 {name}: dtype {got.dtype}"
         assert_close_to_golden(f"bf16 {name}", got.detach().cpu(), refs[torch.float64][name].detach(),
                                refs[torch.bfloat16][name].detach(), input_dtype=torch.bfloat16)
+
+
+def test_standalone_module_bf16_and_config() -> None:
+    """The generated module's own host code: bf16 as above, and launch configs it cannot run."""
+    module = attncc.load("causal").module
+    q, k, v = qkv(torch.bfloat16)
+    o, lse = module.attention_forward(q, k, v, config=dict(SMALL_TILES))
+    no_bias = torch.zeros(2, dtype=torch.float64)
+    golden, same = dense(q.cpu(), k.cpu(), v.cpu(), no_bias, torch.float64), dense(q.cpu(), k.cpu(), v.cpu(),
+                                                                                    no_bias, torch.bfloat16)
+    assert o.dtype == torch.bfloat16, f"standalone bf16 output dtype {o.dtype}"
+    assert_close_to_golden("standalone bf16 output", o.cpu(), golden[0], same[0])
+    assert_close_to_golden("standalone bf16 lse", lse.cpu(), golden[1], same[1], input_dtype=torch.bfloat16)
+    for bad in ({"BLOCK_M": 3}, {"BLOCK_N": -16}, {"num_warps": 0}, {"BLOCK_K": 16}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            module.attention_forward(q, k, v, config=bad)
