@@ -17,7 +17,7 @@ import torch
 from attncc.codegen import Generated, generate, load_module
 from attncc.errors import InputError
 from attncc.ir import expr as E
-from attncc.runtime import ops
+from attncc.runtime import host, ops
 from attncc.runtime.trace import trace
 from attncc.spec.loader import resolve
 from attncc.spec.model import CaptureDecl, Spec
@@ -177,8 +177,12 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
     query ``[B, H, M, D]``, key ``[B, HK, N, D]``, value ``[B, HK, N, E]``; returns
     out ``[B, H, M, E]`` and, with ``return_lse``, lse ``[B, H, M]`` (natural log, fp32).
-    ``kernel_options`` may carry BLOCK_M, BLOCK_N, num_warps, num_stages.
+    ``kernel_options`` may carry BLOCK_M, BLOCK_N, num_warps, num_stages (optionally prefixed
+    ``fwd_``/``bwd_``); torch's other documented keys are accepted and ignored; anything else is an
+    :class:`InputError`.
     """
+    host.check_tensor_args("flex_attention", query, key, value)
+    keys, values = host.encode_config("flex_attention", kernel_options, label="kernel_options", torch_options=True)
     mask_mod = getattr(block_mask, "mask_mod", None) if block_mask is not None else None
     if block_mask is not None:
         lens = getattr(block_mask, "seq_lengths", None)
@@ -188,7 +192,7 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     if not enable_gqa and key.dim() == 4 and query.dim() == 4 and query.shape[1] != key.shape[1]:
         raise InputError(f"flex_attention: query has {query.shape[1]} heads, key {key.shape[1]}; "
                          "pass enable_gqa=True for grouped-query attention")
-    config = {k: v for k, v in (kernel_options or {}).items() if k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+    config = dict(zip(keys, values, strict=True))
     return ops.call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale,
                          return_lse=return_lse, config=config or None)
 

@@ -57,11 +57,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from attncc.errors import InputError, SpecError
+from attncc.runtime import host
 
 if TYPE_CHECKING:
     from attncc.runtime.api import CompiledAttention
-
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+    from attncc.spec.model import Spec
 
 
 # --- the registry: key -> compiled variant ------------------------------------------------------
@@ -70,7 +70,9 @@ class SpecInfo(NamedTuple):
     """Plain-data description of a compiled spec (a constant under Dynamo).
 
     ``captures``: ``(name, dims, dtype)`` in kernel order; ``params``: ``(name, kind, default)``
-    in kernel order.
+    in kernel order; ``bare_indices``: ``(capture, dim, size)`` for every capture dimension that
+    some load indexes by a bare ``b``, ``h``, ``q_idx`` or ``kv_idx``, whose length must then be
+    at least ``size`` (``"B"``, ``"H"``, ``"M"`` or ``"N"``).
     """
 
     key: str
@@ -78,6 +80,7 @@ class SpecInfo(NamedTuple):
     gqa: bool
     captures: tuple[tuple[str, tuple[str, ...], str], ...]
     params: tuple[tuple[str, str, float], ...]
+    bare_indices: tuple[tuple[str, int, str], ...] = ()
 
 
 _COMPILED: dict[str, CompiledAttention] = {}
@@ -95,10 +98,25 @@ def spec_info(compiled: CompiledAttention) -> SpecInfo:
             key=key, name=spec.name, gqa=bool(spec.is_gqa),
             captures=tuple((c.name, tuple(c.dims), c.dtype) for c in spec.captures.values()),
             params=tuple((p.name, p.kind, p.default) for p in spec.params.values()),
+            bare_indices=_bare_indices(spec),
         )
         _COMPILED[key] = compiled
         _INFO[key] = info
     return info
+
+
+def _bare_indices(spec: Spec) -> tuple[tuple[str, int, str], ...]:
+    """``(capture, dim, size)`` of each capture dimension indexed by a bare index symbol."""
+    from attncc.ir import expr as E
+
+    sizes = {E.b: "B", E.h: "H", E.m: "M", E.n: "N"}
+    found = set()
+    for expr in (spec.modify, spec.mask, spec.kv_head):
+        for ld in E.loads(expr):
+            for dim, index in enumerate(ld.indices):
+                if index in sizes:
+                    found.add((ld.tensor_name, dim, sizes[index]))
+    return tuple(sorted(found))
 
 
 def kernel_module(key: str) -> ModuleType:
@@ -132,10 +150,11 @@ def _param_dict(module: ModuleType, values: Sequence[float]) -> dict[str, int | 
 
 def _launch_config(key: str, kind: str, keys: Sequence[str], values: Sequence[int], q: torch.Tensor,
                    k: torch.Tensor, v: torch.Tensor) -> dict[str, int] | None:
-    """The caller's config; without one, the tuned config of ``kind`` when the variant offers a
-    lookup (``CompiledAttention.config_for``), else None (the module's default).  Resolved here,
-    at run time inside the op, so that compiled graphs pick up the tuning cache too."""
-    config = dict(zip(keys, values, strict=True))
+    """The caller's config for ``kind`` (validated by :func:`host.encode_config`); without one, the
+    tuned config of ``kind`` when the variant offers a lookup (``CompiledAttention.config_for``),
+    else None (the module's default).  Resolved here, at run time inside the op, so that compiled
+    graphs pick up the tuning cache too."""
+    config = host.config_for_kind(keys, values, kind)
     if config:
         return config
     config_for = getattr(_COMPILED.get(key), "config_for", None)
@@ -160,6 +179,9 @@ def attention_fwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     ``lse_grad`` only tells the autograd formula that lse was handed to the caller (so it may
     carry a gradient); it does not change the result.
     """
+    if host.is_empty(q, k):  # nothing to launch: o = 0, lse = -inf (rows without keys)
+        B, H, M = q.shape[:3]
+        return q.new_zeros((B, H, M, v.shape[3])), q.new_full((B, H, M), float("-inf"), dtype=torch.float32)
     module = kernel_module(key)
     config = _launch_config(key, "fwd", config_keys, config_values, q, k, v)
     o, lse = module.attention_forward(q, k, v, scale=scale, config=config,
@@ -188,6 +210,9 @@ def attention_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     ``o' = [o, 0]`` and ``do' = [do, dlse]``, ``dp' = dp + dlse`` while ``rowsum(do' * o')`` is
     unchanged, so ``ds = p * (dp + dlse - rowsum(do * o))``, the exact gradient of both outputs.
     """
+    if host.is_empty(q, k):  # o does not depend on anything: every gradient is 0
+        return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
+                [torch.zeros_like(c) for c, want in zip(captures, capture_grads, strict=True) if want])
     module = kernel_module(key)
     caps = _capture_dict(module, captures)
     wanted = [name for name, want in zip(caps, capture_grads, strict=True) if want]
@@ -242,94 +267,16 @@ def _fwd_backward(ctx: Any, do: torch.Tensor, dlse: torch.Tensor) -> tuple[Any, 
 attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 
-# --- validation (plain Python over SpecInfo: traceable by Dynamo) -------------------------------
-
-def validate(info: SpecInfo, q: Any, k: Any, v: Any, captures: Sequence[Any]) -> None:
-    """One-line :class:`InputError` for tensors the kernel cannot take."""
-    name = info.name
-    for label, t in (("query", q), ("key", k), ("value", v)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: {label} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise InputError(f"{name}: {label} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"{name}: {label} dtype {t.dtype} not supported (fp16, bf16, fp32)")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise InputError(f"{name}: query/key/value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise InputError(f"{name}: query/key/value on different devices: {q.device}, {k.device}, {v.device}")
-    B, H, D = q.shape[0], q.shape[1], q.shape[3]
-    if k.shape[0] != B or v.shape[0] != B:
-        raise InputError(f"{name}: batch sizes differ: query {B}, key {k.shape[0]}, value {v.shape[0]}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise InputError(f"{name}: key {tuple(k.shape)} and value {tuple(v.shape)} differ in heads or length")
-    if k.shape[3] != D:
-        raise InputError(f"{name}: query head dim {D} != key head dim {k.shape[3]}")
-    if D > 256 or v.shape[3] > 256:
-        raise InputError(f"{name}: head dims above 256 are not supported (D={D}, E={v.shape[3]})")
-    HK = k.shape[1]
-    if info.gqa:
-        if H % HK != 0:
-            raise InputError(f"{name}: query heads {H} not divisible by key/value heads {HK}")
-    elif HK != H:
-        raise InputError(f"{name}: query has {H} heads, key/value {HK}; use a GQA spec or enable_gqa=True")
-    for (cname, dims, _), t in zip(info.captures, captures, strict=True):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: captured '{cname}' must be a tensor")
-        if t.dim() != len(dims):
-            raise InputError(f"{name}: captured '{cname}' must be {len(dims)}-D [{' '.join(dims)}], "
-                             f"got {tuple(t.shape)}")
-        if t.device != q.device:
-            raise InputError(f"{name}: captured '{cname}' on {t.device}, query on {q.device}")
-
-
-def _split_kwargs(info: SpecInfo, kwargs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
-    cap_names = [c[0] for c in info.captures]
-    param_names = [p[0] for p in info.params]
-    for key in kwargs:
-        if key not in cap_names and key not in param_names:
-            raise InputError(f"{info.name}: unknown argument '{key}' (expected one of "
-                             f"{sorted(cap_names + param_names)})")
-    missing = [c for c in cap_names if c not in kwargs]
-    if missing:
-        raise InputError(f"{info.name}: missing captured tensor(s) {missing}")
-    return [kwargs[c] for c in cap_names], {p: kwargs[p] for p in param_names if p in kwargs}
-
-
-def _encode_params(info: SpecInfo, params: Mapping[str, Any]) -> list[float]:
-    values = []
-    for pname, kind, default in info.params:
-        val = params.get(pname, default)
-        if isinstance(val, torch.Tensor) or not isinstance(val, (int, float)):
-            raise InputError(f"{info.name}: parameter '{pname}' must be a Python number, got {type(val).__name__}")
-        if kind == "int" and isinstance(val, float) and not val.is_integer():
-            raise InputError(f"{info.name}: parameter '{pname}' must be an integer, got {val}")
-        values.append(float(val))
-    return values
-
-
-def _encode_config(name: str, config: Mapping[str, Any] | None) -> tuple[list[str], list[int]]:
-    keys, values = [], []
-    for ckey in sorted(config or {}):
-        val = config[ckey]  # type: ignore[index]
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise InputError(f"{name}: config value {ckey}={val!r} must be an int")
-        keys.append(ckey)
-        values.append(val)
-    return keys, values
-
-
 def run(info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: Sequence[torch.Tensor],
         *, scale: float | None = None, return_lse: bool = False, config: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Validate and call ``attncc::fwd`` (differentiable; traceable by Dynamo)."""
-    validate(info, q, k, v, captures)
-    if scale is not None and (isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float))):
-        raise InputError(f"{info.name}: scale must be a Python number or None, got {type(scale).__name__}")
+    host.validate(info, q, k, v, captures)
+    scale = host.check_scale(info.name, scale)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    config_keys, config_values = _encode_config(info.name, config)
-    o, lse = torch.ops.attncc.fwd(info.key, q, k, v, list(captures), None if scale is None else float(scale),
-                                  _encode_params(info, params or {}), config_keys, config_values, bool(return_lse))
+    config_keys, config_values = host.encode_config(info.name, config)
+    o, lse = torch.ops.attncc.fwd(info.key, q, k, v, list(captures), scale,
+                                  host.encode_params(info, params or {}), config_keys, config_values, bool(return_lse))
     return (o, lse) if return_lse else o
 
 
@@ -338,7 +285,7 @@ def call_compiled(compiled: CompiledAttention, q: torch.Tensor, k: torch.Tensor,
                   **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``CompiledAttention.__call__``: captured tensors and params by keyword."""
     info = spec_info(compiled)
-    captures, params = _split_kwargs(info, kwargs)
+    captures, params = host.split_kwargs(info, kwargs)
     return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, params=params)
 
 

@@ -11,9 +11,12 @@ dependent ``if``, unsupported torch functions) is a one-line :class:`SpecError`.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sympy as sp
@@ -99,6 +102,16 @@ class Sym:
     def __or__(self, o: Any) -> Sym: return Sym(sp.Or(_cond(self.e), _cond(_ex(o))))
     def __ror__(self, o: Any) -> Sym: return Sym(sp.Or(_cond(_ex(o)), _cond(self.e)))
     def __invert__(self) -> Sym: return Sym(sp.Not(_cond(self.e)))
+    def __xor__(self, o: Any) -> Sym: return _unsupported("__xor__")
+    def __rxor__(self, o: Any) -> Sym: return _unsupported("__xor__")
+    def __lshift__(self, o: Any) -> Sym: return _unsupported("__lshift__")
+    def __rlshift__(self, o: Any) -> Sym: return _unsupported("__lshift__")
+    def __rshift__(self, o: Any) -> Sym: return _unsupported("__rshift__")
+    def __rrshift__(self, o: Any) -> Sym: return _unsupported("__rshift__")
+    def __matmul__(self, o: Any) -> Sym: return _unsupported("__matmul__")
+    def __rmatmul__(self, o: Any) -> Sym: return _unsupported("__matmul__")
+    def __divmod__(self, o: Any) -> Sym: return _unsupported("__divmod__")
+    def __rdivmod__(self, o: Any) -> Sym: return _unsupported("__divmod__")
     __hash__ = None  # type: ignore[assignment]
 
     def __bool__(self) -> bool:
@@ -133,6 +146,35 @@ class Sym:
         if handler is None:
             raise SpecError(f"torch.{name} is not supported in score_mod/mask_mod", Sym._loc)
         return handler(*args, **kwargs)
+
+
+# Python operators a mod may spell that have no meaning in the spec language.
+_UNSUPPORTED = {
+    "__xor__": "bitwise xor (^) is not supported in score_mod/mask_mod; for conditions write (a) != (b)",
+    "__lshift__": "bit shifts (<<) are not supported in score_mod/mask_mod; multiply by a power of two",
+    "__rshift__": "bit shifts (>>) are not supported in score_mod/mask_mod; use // by a power of two",
+    "__matmul__": "matrix products (@) are not supported in score_mod/mask_mod",
+    "__divmod__": "divmod is not supported in score_mod/mask_mod; use // and %",
+}
+_TORCH_UNSUPPORTED = {"bitwise_xor": "__xor__", "logical_xor": "__xor__", "bitwise_left_shift": "__lshift__",
+                      "bitwise_right_shift": "__rshift__", "matmul": "__matmul__"}
+_NOT_THE_MOD = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
+
+
+def _mod_loc() -> str:
+    """``file:line:col`` of the innermost frame of the mod being traced (else the mod's first line)."""
+    frame = sys._getframe(1)
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(_NOT_THE_MOD):
+        frame = frame.f_back
+    if frame is None:
+        return Sym._loc
+    positions = list(frame.f_code.co_positions())
+    line, _, col, _ = positions[frame.f_lasti // 2] if frame.f_lasti // 2 < len(positions) else (None,) * 4
+    return f"{frame.f_code.co_filename}:{line or frame.f_lineno}:{(col or 0) + 1}"
+
+
+def _unsupported(op: str, *args: Any, **kwargs: Any) -> Sym:
+    raise SpecError(_UNSUPPORTED[op], _mod_loc())
 
 
 def _ex(x: Any) -> sp.Basic:
@@ -239,6 +281,8 @@ _TORCH: dict[str, Callable[..., Any]] = {
     "eq": _binary(lambda a, b: a == b), "ne": _binary(lambda a, b: a != b),
     "lt": _binary(lambda a, b: a < b), "le": _binary(lambda a, b: a <= b),
     "gt": _binary(lambda a, b: a > b), "ge": _binary(lambda a, b: a >= b),
+    **{name: functools.partial(_unsupported, name) for name in _UNSUPPORTED},
+    **{name: functools.partial(_unsupported, op) for name, op in _TORCH_UNSUPPORTED.items()},
 }
 
 
