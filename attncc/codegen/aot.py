@@ -4,7 +4,8 @@
 is given an explicit :class:`GPUTarget`; only *loading* a kernel needs a driver.  This module
 wraps that, then re-runs the ``ptxas`` that ships in Triton's wheel with ``-v`` on the PTX to
 learn what the kernel costs: registers per thread, spill bytes, shared memory, and whether
-Hopper ``wgmma`` instructions were emitted (and serialized).  See ``docs/aot.md``.
+Hopper ``wgmma`` instructions were emitted (and serialized); ``cuobjdump -sass`` of the cubin
+counts wgmma and mma.sync instructions.  See ``docs/aot.md``.
 
 Conventions (Triton 3.9):
 
@@ -39,7 +40,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, CompiledKernel
 from triton.runtime.jit import JITFunction, KernelInterface
 
-from attncc.codegen.report import KernelReport
+from attncc.codegen.report import KernelReport, format_reports
+from attncc.codegen.sass import cuobjdump_sass, parse_sass
 from attncc.errors import CompileError
 
 __all__ = [
@@ -500,7 +502,8 @@ def report_from_compiled(
 
     Registers come from ``compiled.n_regs`` when the kernel was loaded on a GPU, else from ptxas;
     spills always from ptxas.  Shared memory is Triton's dynamic request (``metadata.shared``)
-    plus ptxas' static ``smem``.
+    plus ptxas' static ``smem``.  wgmma (HGMMA) and mma.sync (HMMA) counts come from
+    ``cuobjdump -sass`` of the cubin Triton built (:mod:`attncc.codegen.sass`).
     """
     name = target_name(target)
     arch = parse_target(target).arch
@@ -518,6 +521,10 @@ def report_from_compiled(
     registers = compiled.__dict__.get("n_regs") or stats.registers
     if registers is None:
         raise CompileError(f"{_describe(kernel_name, name, config)}: ptxas -v printed no register count")
+    try:
+        sass = parse_sass(cuobjdump_sass(compiled.asm["cubin"]))
+    except CompileError as exc:
+        raise CompileError(f"{_describe(kernel_name, name, config)}: {exc}") from exc
     return KernelReport(
         kernel=kernel_name,
         target=name,
@@ -529,51 +536,10 @@ def report_from_compiled(
         max_shared_bytes=SHARED_MEMORY_LIMIT[name],
         uses_wgmma=_WGMMA_INSTRUCTION in ptx,
         wgmma_serialized=stats.wgmma_serialized,
+        sass_instructions=sass.instructions,
+        hgmma=sass.hgmma,
+        hmma=sass.hmma,
+        loop_instructions=sass.loop_instructions,
+        loop_hgmma=sass.loop_hgmma,
+        loop_hmma=sass.loop_hmma,
     )
-
-
-# --------------------------------------------------------------------------- table
-
-_COLUMNS = ("kernel", "target", "config", "regs", "spills st/ld", "smem/limit", "wgmma", "fits")
-_RIGHT_ALIGNED = {"regs", "spills st/ld", "smem/limit"}
-
-
-def _config_text(config: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in config.items())
-
-
-def _wgmma_text(report: KernelReport) -> str:
-    if not report.uses_wgmma:
-        return "no"
-    return "serialized" if report.wgmma_serialized else "yes"
-
-
-def _row(report: KernelReport) -> tuple[str, ...]:
-    return (
-        report.kernel,
-        report.target,
-        _config_text(report.config),
-        str(report.registers),
-        f"{report.spill_store_bytes}/{report.spill_load_bytes}",
-        f"{report.shared_bytes}/{report.max_shared_bytes}",
-        _wgmma_text(report),
-        "yes" if report.fits else "NO",
-    )
-
-
-def format_reports(reports: list[KernelReport]) -> str:
-    """An aligned text table, one kernel per row, and a one-line summary (bytes throughout)."""
-    rows = [_COLUMNS, *(_row(r) for r in reports)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = (
-            cell.rjust(w) if col in _RIGHT_ALIGNED else cell.ljust(w)
-            for col, cell, w in zip(_COLUMNS, row, widths, strict=True)
-        )
-        return "  ".join(cells).rstrip()
-
-    misfits = sum(not r.fits for r in reports)
-    out = [line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:])]
-    out.append(f"{len(reports)} kernel(s), {misfits} not fitting (spills or shared memory over the limit)")
-    return "\n".join(out)

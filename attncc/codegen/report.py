@@ -1,9 +1,16 @@
-"""Resource report of one ahead-of-time compiled kernel (registers, spills, shared memory)."""
+"""Resource report of one ahead-of-time compiled kernel (registers, spills, shared memory, tensor cores)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+
+def _fraction(wgmma: int | None, mma_sync: int | None) -> float | None:
+    if wgmma is None or mma_sync is None or wgmma + mma_sync == 0:
+        return None
+    return wgmma / (wgmma + mma_sync)
 
 
 @dataclass(frozen=True)
@@ -12,6 +19,9 @@ class KernelReport:
 
     ``shared_bytes`` is static + dynamic shared memory per program;
     ``max_shared_bytes`` the per-block limit of the target (e.g. 232448 on sm_90).
+    ``hgmma``/``hmma`` count the SASS wgmma and mma.sync instructions of the whole kernel, the
+    ``loop_*`` fields those of its key loop (see :mod:`attncc.codegen.sass`); ``None`` when the
+    SASS was not read, or (``loop_*``) when no loop issues tensor-core instructions.
     """
 
     kernel: str
@@ -24,6 +34,12 @@ class KernelReport:
     max_shared_bytes: int
     uses_wgmma: bool
     wgmma_serialized: bool = False
+    sass_instructions: int | None = None
+    hgmma: int | None = None
+    hmma: int | None = None
+    loop_instructions: int | None = None
+    loop_hgmma: int | None = None
+    loop_hmma: int | None = None
 
     @property
     def spills(self) -> int:
@@ -34,8 +50,89 @@ class KernelReport:
         """No spills and shared memory within the target's limit."""
         return self.spills == 0 and self.shared_bytes <= self.max_shared_bytes
 
+    @property
+    def wgmma_fraction(self) -> float | None:
+        """HGMMA / (HGMMA + HMMA) over the kernel; None without SASS counts or tensor-core instructions."""
+        return _fraction(self.hgmma, self.hmma)
+
+    @property
+    def loop_wgmma_fraction(self) -> float | None:
+        """HGMMA / (HGMMA + HMMA) in the key loop (one iteration)."""
+        return _fraction(self.loop_hgmma, self.loop_hmma)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["spills"] = self.spills
         d["fits"] = self.fits
+        d["wgmma_fraction"] = self.wgmma_fraction
+        d["loop_wgmma_fraction"] = self.loop_wgmma_fraction
         return d
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KernelReport:
+        """Inverse of :meth:`to_json` (the derived keys are dropped)."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --------------------------------------------------------------------------- table
+
+_COLUMNS = ("kernel", "target", "config", "regs", "spills st/ld", "smem/limit", "wgmma", "fits")
+_SASS_COLUMNS = ("kernel", "target", "config", "regs", "spills st/ld", "smem/limit", "wgmma/mma",
+                 "loop wgmma/mma", "loop ins", "fits")
+_RIGHT_ALIGNED = {"regs", "spills st/ld", "smem/limit", "wgmma/mma", "loop wgmma/mma", "loop ins"}
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items())
+
+
+def _wgmma_text(report: KernelReport) -> str:
+    if not report.uses_wgmma:
+        return "no"
+    return "serialized" if report.wgmma_serialized else "yes"
+
+
+def _counts_text(wgmma: int | None, mma_sync: int | None, serialized: bool = False) -> str:
+    """``"4/32 11%"``: wgmma and mma.sync instructions and the wgmma share; ``"-"`` when unknown."""
+    if wgmma is None or mma_sync is None:
+        return "-"
+    fraction = _fraction(wgmma, mma_sync)
+    text = f"{wgmma}/{mma_sync}" + ("" if fraction is None else f" {round(100 * fraction)}%")
+    return text + (" serialized" if serialized and wgmma else "")
+
+
+def _row(report: KernelReport, sass: bool) -> tuple[str, ...]:
+    head = (report.kernel, report.target, _config_text(report.config), str(report.registers),
+            f"{report.spill_store_bytes}/{report.spill_load_bytes}",
+            f"{report.shared_bytes}/{report.max_shared_bytes}")
+    fits = "yes" if report.fits else "NO"
+    if not sass:
+        return (*head, _wgmma_text(report), fits)
+    loop_ins = "-" if report.loop_instructions is None else str(report.loop_instructions)
+    return (*head, _counts_text(report.hgmma, report.hmma, report.wgmma_serialized),
+            _counts_text(report.loop_hgmma, report.loop_hmma), loop_ins, fits)
+
+
+def format_reports(reports: list[KernelReport]) -> str:
+    """An aligned text table, one kernel per row, and a one-line summary (bytes throughout).
+
+    When any report carries SASS counts, the ``wgmma`` yes/no column becomes the wgmma/mma.sync
+    instruction counts of the kernel and of its key loop, plus the key loop's instruction count.
+    """
+    sass = any(r.hgmma is not None for r in reports)
+    columns = _SASS_COLUMNS if sass else _COLUMNS
+    rows = [columns, *(_row(r, sass) for r in reports)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = (
+            cell.rjust(w) if col in _RIGHT_ALIGNED else cell.ljust(w)
+            for col, cell, w in zip(columns, row, widths, strict=True)
+        )
+        return "  ".join(cells).rstrip()
+
+    misfits = sum(not r.fits for r in reports)
+    out = [line(rows[0]), "  ".join("-" * w for w in widths), *(line(r) for r in rows[1:])]
+    out.append(f"{len(reports)} kernel(s), {misfits} not fitting (spills or shared memory over the limit)")
+    return "\n".join(out)

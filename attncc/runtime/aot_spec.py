@@ -137,7 +137,7 @@ def report_many(jobs: list[Job]) -> list[KernelReport]:
     answer = _Worker.ask(payload)
     if "error" in answer:
         raise CompileError(answer["error"])
-    return [KernelReport(**{k: v for k, v in r.items() if k not in ("spills", "fits")}) for r in answer["reports"]]
+    return [KernelReport.from_json(r) for r in answer["reports"]]
 
 
 def _serve() -> None:

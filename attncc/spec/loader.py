@@ -24,7 +24,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-LIBRARY_DIR = Path(__file__).resolve().parents[2] / "specs"
+def _library_dir() -> Path:
+    """The built-in specs: ``attncc/specs`` in an installed package, else ``<repo>/specs`` of a checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "specs"
+    return packaged if any(packaged.glob("*.toml")) else packaged.parents[1] / "specs"
+
+
+LIBRARY_DIR = _library_dir()
 
 TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "cascade"}
 CASCADE_KEYS = {"score", "modify", "mask", "normalize", "output"}

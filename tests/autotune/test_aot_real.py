@@ -63,8 +63,7 @@ class ScoresTunable:
             if "error" in item:
                 outcomes.append(CompileError(item["error"]))
             else:
-                fields = {k: v for k, v in item["report"].items() if k not in ("spills", "fits")}
-                outcomes.append(KernelReport(**fields))
+                outcomes.append(KernelReport.from_json(item["report"]))
         self.reports.extend(o for o in outcomes if isinstance(o, KernelReport))
         return outcomes
 

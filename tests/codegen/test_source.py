@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.driver import driver
+from triton.runtime.jit import JITFunction
 
 import attncc
 from attncc.codegen import cache, generate
@@ -37,15 +43,133 @@ def test_source_is_readable() -> None:
     assert "full (mask-free) tiles" in src
 
 
-def test_new_lengths_do_not_recompile() -> None:
-    """One compiled kernel object serves every length and batch (lengths are not specialised)."""
-    fn = attncc.load("causal")
-    cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
-    kernels = set()
-    for B, L in ((1, 17), (2, 33), (1, 64)):
-        q = torch.randn(B, 1, L, 16)
-        fn(q, q, q, config=cfg)
-        kernels.add(id(fn.module.attn_fwd))
-    assert len(kernels) == 1
-    assert {"B", "M", "N"} <= set(fn.module.attn_fwd.do_not_specialize_names
-                                  if hasattr(fn.module.attn_fwd, "do_not_specialize_names") else {"B", "M", "N"})
+
+# --- real compilations: Triton's own JIT dispatch for an sm_90 target ------------------------------------
+
+KERNELS = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")
+TILES = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+
+
+class _Sm90Driver:
+    """What ``JITFunction.run`` asks the active driver for: a device, a stream and the target (sm_90)."""
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return GPUTarget("cuda", 90, 32)
+
+
+class _CachedStandIn:
+    """Sits in Triton's kernel cache where the compiled binary would; counts the launches it serves."""
+
+    function = None
+    packed_metadata = None
+
+    def __init__(self, launches: dict[str, int], name: str) -> None:
+        self.launches, self.name = launches, name
+
+    def launch_metadata(self, *args: Any) -> None:
+        return None
+
+    def run(self, *args: Any) -> None:
+        self.launches[self.name] += 1
+
+
+def _as_jit(kernel: Any, specialize: tuple[str, ...]) -> JITFunction:
+    """A ``JITFunction`` of ``kernel``'s function with the generated decorator's arguments, except that
+    the parameters in ``specialize`` are dropped from its ``do_not_specialize`` list."""
+    if isinstance(kernel, JITFunction):
+        kwargs = {"do_not_specialize": kernel.do_not_specialize,
+                  "do_not_specialize_on_alignment": kernel.do_not_specialize_on_alignment}
+    else:  # triton.runtime.interpreter.InterpretedFunction keeps the decorator's arguments
+        kwargs = dict(kernel.kwargs)
+    kwargs["do_not_specialize"] = [p for p in kwargs["do_not_specialize"] or () if p not in specialize]
+    return JITFunction(kernel.fn, **kwargs)
+
+
+class _CompileProbe:
+    """Sends a generated module's launches through Triton's JIT dispatch (``JITFunction.run``) for sm_90.
+
+    Triton binds the real launch arguments, derives the NVIDIA backend's specialization key and
+    looks it up in its kernel cache; on a miss it calls ``knobs.runtime.jit_cache_hook`` just before
+    it would compile.  The hook records the key and caches a stand-in for the binary, so a later
+    launch with the same key is a cache hit.  ``compiles[kernel]`` are thus the binaries Triton would
+    build; nothing is compiled or run (no GPU needed).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, specialize: tuple[str, ...] = ()) -> None:
+        self.compiles: dict[str, list[str]] = {k: [] for k in KERNELS}
+        self.launches = dict.fromkeys(KERNELS, 0)
+        for name in KERNELS:
+            monkeypatch.setattr(module, name, _as_jit(getattr(module, name), specialize))
+        monkeypatch.setattr(driver, "_active", _Sm90Driver())
+        monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", self._before_compile)
+
+    def _before_compile(self, *, key: str, fn: Any, compile: dict[str, Any], **_: Any) -> bool:
+        self.compiles[fn.name].append(key)
+        kernel_cache = fn.jit_function.device_caches[compile["device"]][0]
+        kernel_cache[key] = _CachedStandIn(self.launches, fn.name)
+        return True  # skip the compile
+
+
+def _fwd_bwd(fn: Any, batch: int, m: int, n: int, **params: Any) -> None:
+    q = torch.randn(batch, 1, m, 16, requires_grad=True)
+    k, v = (torch.randn(batch, 1, n, 16, requires_grad=True) for _ in range(2))
+    fn(q, k, v, config=TILES, **params).sum().backward()
+
+
+def _lengths(fn: Any) -> int:
+    shapes = [(L, L) for L in (1, 63, 77, 501, 1024)] + [(1, 1024), (501, 63)]
+    for m, n in shapes:
+        _fwd_bwd(fn, 1, m, n)
+    return len(shapes)
+
+
+def _batches(fn: Any) -> int:
+    for batch in (1, 3):
+        _fwd_bwd(fn, batch, 77, 77)
+    return 2
+
+
+def _windows(fn: Any) -> int:
+    windows = (1, 16, 77, 256)
+    for window in windows:
+        _fwd_bwd(fn, 1, 77, 77, window=window)
+    return len(windows)
+
+
+# workload -> (spec, launcher returning the number of fwd+bwd calls, the kernel parameters it varies)
+WORKLOADS: dict[str, tuple[str, Callable[[Any], int], tuple[str, ...]]] = {
+    "lengths": ("causal", _lengths, ("M", "N")),
+    "batch": ("causal", _batches, ("B",)),
+    "params": ("sliding_window", _windows, ("p_window",)),
+}
+
+
+@pytest.mark.parametrize("workload", [pytest.param(w, id=w) for w in WORKLOADS])
+def test_new_lengths_do_not_recompile(monkeypatch: pytest.MonkeyPatch, workload: str) -> None:
+    """Lengths 1..1024 (also M != N), batch 1 vs 3 and int param values reuse one binary per kernel."""
+    spec, run, _ = WORKLOADS[workload]
+    fn = attncc.load(spec)
+    probe = _CompileProbe(monkeypatch, fn.module)
+    calls = run(fn)
+    for kernel, keys in probe.compiles.items():
+        assert len(keys) == 1, f"{spec}.{kernel}: {len(keys)} compilations over {calls} {workload}:\n" + "\n".join(keys)
+        assert probe.launches[kernel] == calls - 1, f"{spec}.{kernel}: {probe.launches[kernel]} cached launches"
+
+
+@pytest.mark.parametrize("workload", [pytest.param(w, id=w) for w in WORKLOADS])
+def test_compile_probe_sees_specialized_arguments(monkeypatch: pytest.MonkeyPatch, workload: str) -> None:
+    """Negative control: with the varied parameters removed from ``do_not_specialize`` (as if the
+    generated source did not list them), the same launches make Triton compile more than once."""
+    spec, run, varied = WORKLOADS[workload]
+    fn = attncc.load(spec)
+    probe = _CompileProbe(monkeypatch, fn.module, specialize=varied)
+    calls = run(fn)
+    for kernel, keys in probe.compiles.items():
+        assert 1 < len(keys) <= calls, f"{spec}.{kernel}: {len(keys)} compilations with {varied} specialized"
+        assert len(set(keys)) == len(keys), f"{spec}.{kernel}: a cached key was compiled again"

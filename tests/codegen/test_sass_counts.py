@@ -1,0 +1,122 @@
+"""wgmma (HGMMA) and mma.sync (HMMA) counts from the SASS of ahead-of-time compiled kernels.
+
+The real compiles run in the AOT worker subprocess (interpreter off, see attncc.runtime.aot_spec):
+the built-in causal spec, fp16, default configs, head dims 64 and 128 on sm_90 and 64 on sm_80.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from attncc.cli import main
+from attncc.codegen.report import KernelReport, format_reports
+from attncc.codegen.sass import parse_sass
+from attncc.runtime.aot_spec import report_many
+from attncc.spec.loader import resolve
+
+KERNELS = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")
+CASES = (("sm_90", 64), ("sm_90", 128), ("sm_80", 64))
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[tuple[str, int, str], KernelReport]:
+    jobs = [(resolve("causal"), target, "fp16", hd, None, None, ("fwd", "bwd")) for target, hd in CASES]
+    out = {}
+    for r in report_many(jobs):
+        kernel = r.kernel.split(".")[1].split("[")[0]
+        head_dim = int(re.search(r",d(\d+)\]", r.kernel).group(1))
+        out[(r.target, head_dim, kernel)] = r
+    assert set(out) == {(t, hd, k) for t, hd in CASES for k in KERNELS}, "kernels missing from the reports"
+    return out
+
+
+@pytest.mark.parametrize("head_dim", [pytest.param(64, id="d64"), pytest.param(128, id="d128")])
+def test_sm90_forward_uses_wgmma_in_its_key_loop(reports: dict, head_dim: int) -> None:
+    r = reports[("sm_90", head_dim, "attn_fwd")]
+    assert r.hgmma > 0 and r.loop_hgmma > 0, f"{r.kernel}: HGMMA {r.hgmma}, in the key loop {r.loop_hgmma}"
+    assert r.uses_wgmma
+
+
+def test_sm90_dq_at_d128_has_no_wgmma(reports: dict) -> None:
+    r = reports[("sm_90", 128, "attn_bwd_dq")]
+    assert r.hgmma == 0 and r.hmma > 0, f"{r.kernel} {r.config}: HGMMA {r.hgmma}, HMMA {r.hmma}"
+    assert r.wgmma_fraction == 0.0 and not r.uses_wgmma
+
+
+def test_sm90_dkdv_at_d128_mixes_wgmma_and_mma_sync(reports: dict) -> None:
+    """The kernel the old report called "wgmma yes": a few HGMMA among many HMMA per iteration."""
+    r = reports[("sm_90", 128, "attn_bwd_dkdv")]
+    assert 0 < r.loop_hgmma < r.loop_hmma, f"{r.kernel}: key loop HGMMA {r.loop_hgmma}, HMMA {r.loop_hmma}"
+    assert 0 < r.wgmma_fraction < 0.5, f"{r.kernel}: wgmma fraction {r.wgmma_fraction}"
+    row = next(line for line in format_reports([r]).splitlines() if line.startswith(r.kernel))
+    assert f"{r.hgmma}/{r.hmma} {round(100 * r.wgmma_fraction)}%" in row, row
+    assert f"{r.loop_hgmma}/{r.loop_hmma}" in row and " yes " not in row, row
+
+
+@pytest.mark.parametrize("kernel", [pytest.param(k, id=k) for k in KERNELS])
+def test_sm80_has_only_mma_sync(reports: dict, kernel: str) -> None:
+    r = reports[("sm_80", 64, kernel)]
+    assert r.hgmma == 0 and r.hmma > 0 and r.loop_hmma > 0, f"{r.kernel}: HGMMA {r.hgmma}, HMMA {r.hmma}"
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c[0]}-d{c[1]}") for c in CASES])
+def test_counts_are_consistent(reports: dict, case: tuple[str, int]) -> None:
+    for kernel in KERNELS:
+        r = reports[(*case, kernel)]
+        assert r.uses_wgmma == (r.hgmma > 0), f"{r.kernel}: PTX wgmma {r.uses_wgmma}, SASS HGMMA {r.hgmma}"
+        assert 0 < r.loop_instructions < r.sass_instructions, f"{r.kernel}: loop {r.loop_instructions}"
+        assert r.loop_hgmma <= r.hgmma and r.loop_hmma <= r.hmma, f"{r.kernel}: loop counts over the totals"
+
+
+def test_cli_json_reports_counts_and_fraction(reports: dict) -> None:
+    result = CliRunner().invoke(main, ["compile", "causal", "--target", "sm_90", "--report", "--json",
+                                       "--dtype", "fp16", "--head-dim", "128"])
+    assert result.exit_code == 0, result.output
+    rows = {row["kernel"].split(".")[1].split("[")[0]: row for row in json.loads(result.stdout)}
+    for kernel in KERNELS:
+        want = reports[("sm_90", 128, kernel)]
+        got = rows[kernel]
+        assert (got["hgmma"], got["hmma"], got["loop_instructions"]) == (
+            want.hgmma, want.hmma, want.loop_instructions), f"{kernel}: --json {got}"
+        assert got["wgmma_fraction"] == want.wgmma_fraction, f"{kernel}: wgmma_fraction {got['wgmma_fraction']}"
+        assert KernelReport.from_json(got) == want, f"{kernel}: JSON does not round-trip"
+
+
+# --- the parser on a hand-written listing ---------------------------------------------------------
+
+LISTING = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x00000a0000017a02 */
+        /*0010*/                   HMMA.16816.F32 R4, R8, R12, R4 ;       /* 0x000000000c04723c */
+        /*0020*/                   IADD3 R2, R2, 0x1, RZ ;                /* 0x0000000102027810 */
+        /*0030*/                   HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ; /* 0x0000000000187459 */
+        /*0040*/                   HMMA.16816.F32 R4, R8, R12, R4 ;       /* 0x000000000c04723c */
+        /*0050*/                   FSEL R3, R3, -INF , P0 ;               /* 0x0000000003037808 */
+        /*0060*/                   HMMA.16816.F32 R4, R8, R12, R4 ;       /* 0x000000000c04723c */
+        /*0070*/              @!P3 BRA 0x30 ;                             /* 0xffffffec00b0b947 */
+        /*0080*/                   HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ; /* 0x0000000000187459 */
+        /*0090*/                   HMMA.16816.F32 R4, R8, R12, R4 ;       /* 0x000000000c04723c */
+        /*00a0*/               @P0 BRA 0x80 ;                             /* 0xffffffec00b0b947 */
+        /*00b0*/                   IADD3 R2, R2, 0x1, RZ ;                /* 0x0000000102027810 */
+        /*00c0*/                   BRA 0x20 ;                             /* 0xffffffec00b0b947 */
+        /*00d0*/                   BRA 0x110 ;                            /* 0x0000000000107947 */
+        /*00e0*/                   EXIT ;                                 /* 0x000000000000794d */
+        /*00f0*/                   BRA 0xf0;                              /* 0xfffffffc00fc7947 */
+"""
+
+
+def test_parse_sass_picks_the_smallest_innermost_tensor_core_loop() -> None:
+    """Loops 0x30-0x70 and 0x80-0xa0 sit inside 0x20-0xc0; 0xf0 branching to itself is no loop;
+    a forward branch (0xd0) is no loop.  The key loop is 0x80-0xa0 (3 instructions)."""
+    stats = parse_sass(LISTING)
+    assert (stats.instructions, stats.hgmma, stats.hmma) == (16, 2, 4)
+    assert (stats.loop_instructions, stats.loop_hgmma, stats.loop_hmma) == (3, 1, 1)
+
+
+def test_parse_sass_without_tensor_core_loop() -> None:
+    stats = parse_sass(LISTING.replace("HGMMA", "FFMA").replace("HMMA", "FFMA"))
+    assert (stats.hgmma, stats.hmma, stats.loop_instructions, stats.loop_hgmma) == (0, 0, None, None)
