@@ -60,6 +60,7 @@ KEY_FIELDS = (
 )
 DIMS = ("b", "h", "m", "n", "d", "e")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100  # the database header; byte 18 is 2 in WAL mode
 # Serializes table creation on PostgreSQL (pg_advisory_xact_lock key: "attncc" in ASCII).
 _PG_CREATE_LOCK = 0x617474_6E6363
 
@@ -92,7 +93,10 @@ class CacheMissing(StorageError):
 
 
 def sqlite_file_state(path: Path) -> str:
-    """``"missing"``, ``"empty"`` (0 bytes) or ``"database"``; one-line error for anything else."""
+    """``"missing"``, ``"empty"`` (0 bytes), ``"database"`` or ``"wal"`` (a WAL-mode database).
+
+    Anything that is not a SQLite file (a directory, random bytes) is a one-line StorageError.
+    """
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -107,12 +111,17 @@ def sqlite_file_state(path: Path) -> str:
         return "empty"
     try:
         with open(path, "rb") as handle:
-            header = handle.read(len(SQLITE_MAGIC))
+            header = handle.read(_HEADER_BYTES)
     except OSError as exc:
         raise StorageError(f"tuning cache {path} is unusable: cannot be read ({exc.strerror or exc})") from None
-    if header != SQLITE_MAGIC:
+    if len(header) < _HEADER_BYTES or not header.startswith(SQLITE_MAGIC):
         raise StorageError(f"tuning cache {path} is unusable: not a SQLite database (not an attncc tuning cache)")
-    return "database"
+    return "wal" if header[18] == 2 else "database"
+
+
+def _foreign(where: str) -> StorageError:
+    return StorageError(f"{where} is not an attncc tuning cache (no {META_TABLE} and {ENTRIES_TABLE} tables); "
+                        "refusing to use it")
 
 
 def identify(conn: Connection, where: str) -> bool:
@@ -122,8 +131,7 @@ def identify(conn: Connection, where: str) -> bool:
     if not tables:
         return False
     if META_TABLE not in tables or ENTRIES_TABLE not in tables:
-        raise StorageError(f"{where} is not an attncc tuning cache (no {META_TABLE} and {ENTRIES_TABLE} "
-                           "tables); refusing to use it")
+        raise _foreign(where)
     columns = {col["name"] for col in inspector.get_columns(ENTRIES_TABLE)}
     missing = sorted({c.name for c in ENTRIES.columns} - columns)
     if missing:
@@ -137,10 +145,26 @@ def identify(conn: Connection, where: str) -> bool:
     return True
 
 
-def _readonly_sqlite_engine(path: Path) -> Engine:
-    """An engine whose connections cannot write the file (``mode=ro``)."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+def _readonly_sqlite_engine(path: Path, *, immutable: bool = False) -> Engine:
+    """An engine whose connections cannot write the file (``mode=ro``).
+
+    ``immutable`` also keeps SQLite from creating the ``-wal``/``-shm`` files beside a WAL-mode
+    database; it reads only what has been checkpointed into the file.
+    """
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
     return create_engine("sqlite://", creator=lambda: sqlite_raw_connect(uri, uri=True))
+
+
+def _tables_of_checkpointed(path: Path) -> set[str] | None:
+    """The tables of a WAL-mode file as checkpointed, touching nothing; None if unreadable."""
+    engine = _readonly_sqlite_engine(path, immutable=True)
+    try:
+        with engine.connect() as conn:
+            return {t for t in inspect(conn).get_table_names() if not t.startswith("sqlite_")}
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 def _autocommit_sqlite_engine(path: Path) -> Engine:
@@ -150,8 +174,13 @@ def _autocommit_sqlite_engine(path: Path) -> Engine:
 
 def _probe_sqlite(path: Path, where: str) -> bool | None:
     """None: no file or an empty one; True: an attncc cache; False: a SQLite file without tables."""
-    if sqlite_file_state(path) != "database":
+    state = sqlite_file_state(path)
+    if state in ("missing", "empty"):
         return None
+    if state == "wal":  # a foreign WAL-mode file is refused without creating -wal/-shm beside it
+        tables = _tables_of_checkpointed(path)
+        if tables and not {META_TABLE, ENTRIES_TABLE} <= tables:
+            raise _foreign(where)
     engine = _readonly_sqlite_engine(path)
     try:
         with engine.connect() as conn:
