@@ -121,25 +121,31 @@ def _read_text(path: Path) -> str:
         info = path.stat()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path}: is a directory, not a tuning-cache export")
     if info.st_size > MAX_FILE_BYTES:
         raise InputError(f"{path}: file too large for a tuning-cache export")
     if info.st_size == 0:
         raise InputError(f"{path}: empty file, not a tuning-cache export")
-    return path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid attncc tuning-cache export ({detail})") from None
 
 
 def _load_json(path: Path) -> Any:
     """The file as JSON data: finite numbers only, integers of at most 20 digits, bounded nesting."""
+    text = _read_text(path)
     try:
-        return json.loads(_read_text(path), parse_constant=_reject_constant, parse_float=_parse_float,
-                          parse_int=_parse_int)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
     except RecursionError:
         raise InputError(f"{path}: not a valid attncc tuning-cache export (JSON nested too deeply)") from None
     except MemoryError:
         raise InputError(f"{path}: not a valid attncc tuning-cache export (too large to parse)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a valid attncc tuning-cache export ({detail})") from None
 

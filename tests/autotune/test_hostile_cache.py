@@ -518,7 +518,7 @@ def test_hostile_import_is_one_line_and_writes_nothing(main: click.Group, tmp_pa
     assert snapshot(existing) == before
 
 
-def test_import_of_a_directory_is_one_line(main: click.Group, tmp_path: Path) -> None:
+def test_import_of_a_directory_or_a_missing_file_is_one_line(main: click.Group, tmp_path: Path) -> None:
     from attncc.autotune.transfer import read_export
     from attncc.errors import InputError
 
@@ -528,4 +528,24 @@ def test_import_of_a_directory_is_one_line(main: click.Group, tmp_path: Path) ->
     assert "directory" in line
     with pytest.raises(InputError, match="is a directory"):
         read_export(folder)
+    missing = tmp_path / "missing.json"
+    assert one_line_error(invoke(main, "cache", "import", str(missing), "--storage", str(tmp_path / "t.db"))
+                          ) == f"Error: {missing}: no such file"
     assert not (tmp_path / "t.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis://localhost:6379/0", id="redis-journal"),
+        pytest.param("file:///tmp/optuna-journal.log", id="journal-file"),
+        pytest.param("mysql+pymysql://u@h/db", id="mysql"),
+    ],
+)
+def test_only_sql_storages_are_accepted(url: str) -> None:
+    """Optuna's journal storages keep pickled snapshots; attncc accepts only SQLite and PostgreSQL."""
+    from attncc.errors import InputError
+
+    with pytest.raises(InputError, match="unsupported") as info:
+        resolve_storage_url(url)
+    assert "\n" not in str(info.value)
