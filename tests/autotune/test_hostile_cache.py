@@ -16,11 +16,15 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.exc import IntegrityError
 
 import attncc
 from attncc.autotune import cli as autotune_cli
 from attncc.autotune import invalidate_lookup_cache, lookup_config, lookup_stats
 from attncc.autotune.cache import CacheEntry, TuneKey, TuningCache
+from attncc.autotune.schema import ENTRIES
 from attncc.autotune.space import default_config
 from attncc.autotune.storage import StorageError, optuna_storage, resolve_storage_url
 from attncc.autotune.transfer import export_file
@@ -549,3 +553,34 @@ def test_only_sql_storages_are_accepted(url: str) -> None:
     with pytest.raises(InputError, match="unsupported") as info:
         resolve_storage_url(url)
     assert "\n" not in str(info.value)
+
+
+# -- arbitrary stored values -----------------------------------------------------------------------
+
+STORED_VALUES = st.one_of(
+    st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(allow_nan=False), st.text(max_size=40),
+    st.binary(max_size=16), st.sampled_from(["fwd", "fp16", "B1-H1-M1-N1-D64-E64", C1_JSON, "time_ms", "online"]),
+)
+COLUMNS = [c.name for c in ENTRIES.columns]
+
+
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(COLUMNS), STORED_VALUES, min_size=1, max_size=4))
+def test_any_stored_values_are_valid_or_reported(tmp_path: Path, changes: dict[str, Any]) -> None:
+    """Whatever SQLite holds in a row's columns, reading it gives an entry or a reported invalid row."""
+    url = f"sqlite:///{tmp_path / 'fuzz.db'}"
+    with TuningCache(url) as cache:
+        cache.clear()
+        cache.put(entry(SHAPE, C1))
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        with cache.engine.begin() as conn:
+            try:
+                conn.exec_driver_sql(f"UPDATE attncc_tuning_entries SET {assignments}", tuple(changes.values()))
+            except IntegrityError:  # NULL in a NOT NULL column: SQLite refuses it
+                return
+        good, bad = cache.entries()
+        assert len(good) + len(bad) == 1
+        assert all("\n" not in problem for problem in bad)
+        key = TuneKey.for_shape("spec0", "fwd", SHAPE, "fp16")
+        for found in (cache.get(key), cache.nearest(TuneKey.for_shape("spec0", "fwd", OTHER_BUCKET, "fp16"))):
+            assert found is None or found.config == C1
