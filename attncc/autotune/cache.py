@@ -21,35 +21,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    inspect,
-    or_,
-    select,
-    true,
-)
+from sqlalchemy import Table, and_, delete, func, inspect, or_, select, true
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 from attncc.autotune.device import GpuIdentity, attncc_version, current_identity, triton_version
-from attncc.autotune.space import KINDS, Config, ConfigSchemaError, config_to_str, space_for, validate_config
+from attncc.autotune.schema import (
+    DIMS,
+    ENTRIES,
+    ENTRIES_TABLE,
+    KEY_FIELDS,
+    META_TABLE,
+    SCHEMA_VERSION,
+    CacheMissing,
+    open_cache_engine,
+)
+from attncc.autotune.space import (
+    DTYPES,
+    KINDS,
+    Config,
+    ConfigSchemaError,
+    config_to_str,
+    space_for,
+    validate_config,
+)
 from attncc.autotune.storage import (
-    LOG,
     StorageError,
     display_url,
-    enable_wal,
     is_sqlite,
-    make_engine,
     one_line,
     resolve_storage_url,
     retrying,
@@ -57,46 +57,19 @@ from attncc.autotune.storage import (
 )
 from attncc.autotune.tunable import Shape
 
-SCHEMA_VERSION = "1"
-ENTRIES_TABLE = "attncc_tuning_entries"
-META_TABLE = "attncc_tuning_meta"
+__all__ = ["ENTRIES_TABLE", "META_TABLE", "SCHEMA_VERSION", "CacheEntry", "CacheMissing", "TuneKey", "TuningCache"]
+
 METRICS = ("time_ms", "model_ms")
 SOURCES = ("online", "offline")
 STUDY_PREFIX = "attncc:"
-_KEY_FIELDS = (
-    "spec_hash",
-    "kind",
-    "bucket",
-    "dtype",
-    "gpu_name",
-    "capability",
-    "triton_version",
-    "attncc_version",
-)
-_BUCKET_RE = re.compile(r"^B(\d+)-H(\d+)-M(\d+)-N(\d+)-D(\d+)-E(\d+)$")
-
-METADATA = MetaData()
-ENTRIES = Table(
-    ENTRIES_TABLE,
-    METADATA,
-    *(Column(name, String(255), primary_key=True) for name in _KEY_FIELDS),
-    Column("spec_name", String(255), nullable=False),
-    *(Column(dim, Integer, nullable=False) for dim in ("b", "h", "m", "n", "d", "e")),
-    Column("config_json", Text, nullable=False),
-    Column("value", Float, nullable=False),
-    Column("metric", String(16), nullable=False),
-    Column("source", String(16), nullable=False),
-    Column("shape", String(64), nullable=False),
-    Column("study_name", String(512), nullable=True),
-    Column("trials", Integer, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
-META = Table(
-    META_TABLE,
-    METADATA,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(255), nullable=False),
-)
+_KEY_FIELDS = KEY_FIELDS
+_BUCKET_RE = re.compile(r"^B([0-9]{1,10})-H([0-9]{1,10})-M([0-9]{1,10})-N([0-9]{1,10})-D([0-9]{1,10})-E([0-9]{1,10})$")
+# Ranges of the stored numbers (a kernel never sees anything outside them).
+MAX_DIM = 2**31 - 1
+MAX_VALUE_MS = 1e12
+MAX_TRIALS = 10**9
+MAX_TIMESTAMP = 1e11
+MAX_CONFIG_JSON = 4096
 
 
 def _pow2_ceil(value: int) -> int:
@@ -115,13 +88,20 @@ def bucket_name(shape: Shape) -> str:
 
 
 def parse_bucket(text: str) -> Shape:
-    match = _BUCKET_RE.match(text)
+    """The dims of a bucket name; B, H, M, N must be powers of two, all in ``[1, MAX_DIM]``."""
+    match = _BUCKET_RE.fullmatch(text)
     if match is None:
-        raise ConfigSchemaError(f"invalid shape bucket {text!r}")
+        raise ConfigSchemaError(f"invalid shape bucket {_show(text)}")
     dims = tuple(int(g) for g in match.groups())
-    if any(d < 1 for d in dims):
-        raise ConfigSchemaError(f"invalid shape bucket {text!r}")
+    if any(not 1 <= d <= MAX_DIM for d in dims) or any(d & (d - 1) for d in dims[:4]):
+        raise ConfigSchemaError(f"invalid shape bucket {_show(text)}")
     return Shape(*dims)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """A short one-line repr of a value read from storage, for messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def bucket_distance(a: Shape, b: Shape) -> float:
@@ -185,7 +165,9 @@ class TuneKey:
             raise ConfigSchemaError(f"key has unexpected fields {extra}")
         values = {name: _require_str(data, name, "key") for name in _KEY_FIELDS}
         if values["kind"] not in KINDS:
-            raise ConfigSchemaError(f"key: unknown kind {values['kind']!r}")
+            raise ConfigSchemaError(f"key: unknown kind {_show(values['kind'])}")
+        if values["dtype"] not in DTYPES:
+            raise ConfigSchemaError(f"key: unknown dtype {_show(values['dtype'])}")
         parse_bucket(values["bucket"])
         return cls(**values)
 
@@ -219,8 +201,12 @@ class CacheEntry:
             raise ConfigSchemaError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
         if self.source not in SOURCES:
             raise ConfigSchemaError(f"source must be one of {list(SOURCES)}, got {self.source!r}")
-        if not math.isfinite(self.value) or self.value < 0:
-            raise ConfigSchemaError(f"value must be a finite non-negative number, got {self.value!r}")
+        if not math.isfinite(self.value) or not 0 <= self.value <= MAX_VALUE_MS:
+            raise ConfigSchemaError(f"value must be a number in [0, {MAX_VALUE_MS:g}], got {self.value!r}")
+        if type(self.trials) is not int or not 0 <= self.trials <= MAX_TRIALS:
+            raise ConfigSchemaError(f"trials must be an integer in [0, {MAX_TRIALS}], got {_show(self.trials)}")
+        if not math.isfinite(self.updated_at) or not 0 <= self.updated_at <= MAX_TIMESTAMP:
+            raise ConfigSchemaError(f"updated_at must be a timestamp in [0, {MAX_TIMESTAMP:g}]")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -287,43 +273,78 @@ def _row_of(entry: CacheEntry) -> dict[str, Any]:
     return row
 
 
-def _entry_of(row: Mapping[str, Any]) -> CacheEntry:
-    """Parse and validate a stored row; ``ConfigSchemaError`` when it is not valid data."""
-    key = TuneKey(*(str(row[name]) for name in _KEY_FIELDS))
-    if key.kind not in KINDS:
-        raise ConfigSchemaError(f"stored entry has unknown kind {key.kind!r}")
+def _int_field(row: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = row.get(name)
+    if type(value) is not int or not low <= value <= high:
+        raise ConfigSchemaError(f"field {name!r} must be an integer in [{low}, {high}], got {_show(value)}")
+    return value
+
+
+def _float_field(row: Mapping[str, Any], name: str, high: float) -> float:
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high:
+        raise ConfigSchemaError(f"field {name!r} must be a number in [0, {high:g}], got {_show(value)}")
+    return float(value)
+
+
+def _str_field(row: Mapping[str, Any], name: str, limit: int, *, choices: tuple[str, ...] = ()) -> str:
+    value = row.get(name)
+    if type(value) is not str or len(value) > limit or (choices and value not in choices):
+        allowed = f"one of {list(choices)}" if choices else f"a string of at most {limit} characters"
+        raise ConfigSchemaError(f"field {name!r} must be {allowed}, got {_show(value)}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _config_of(row: Mapping[str, Any]) -> object:
+    text = row.get("config_json")
+    if type(text) is not str or len(text) > MAX_CONFIG_JSON:
+        raise ConfigSchemaError(f"stored config must be JSON text of at most {MAX_CONFIG_JSON} characters")
     try:
-        config = json.loads(row["config_json"])
-    except (TypeError, ValueError) as exc:
-        raise ConfigSchemaError(f"stored config is not JSON: {exc}") from None
-    return CacheEntry(key, str(row["spec_name"]), config, float(row["value"]), str(row["metric"]),
-                      str(row["source"]), str(row["shape"]), row["study_name"], int(row["trials"]),
-                      float(row["updated_at"]))
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigSchemaError(f"stored config is not JSON: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+
+
+def _entry_of(row: Mapping[str, Any]) -> CacheEntry:
+    """Parse and validate a stored row (types, ranges, allowed keys); ``ConfigSchemaError`` if invalid."""
+    key = TuneKey.from_json({name: row.get(name) for name in _KEY_FIELDS})
+    bucket = key.bucket_dims
+    for dim, expected in zip(DIMS, bucket, strict=True):
+        if _int_field(row, dim, 1, MAX_DIM) != expected:
+            raise ConfigSchemaError(f"field {dim!r} = {row[dim]} disagrees with bucket {key.bucket}")
+    study = row.get("study_name")
+    if study is not None:
+        study = _str_field(row, "study_name", 512)
+    return CacheEntry(key, _require_str(row, "spec_name", "stored entry"), _config_of(row),  # type: ignore[arg-type]
+                      _float_field(row, "value", MAX_VALUE_MS), _str_field(row, "metric", 16, choices=METRICS),
+                      _str_field(row, "source", 16, choices=SOURCES), _str_field(row, "shape", 64), study,
+                      _int_field(row, "trials", 0, MAX_TRIALS), _float_field(row, "updated_at", MAX_TIMESTAMP))
+
+
+def row_label(row: Mapping[str, Any]) -> str:
+    """``spec/kind/bucket`` of a stored row, safe to print whatever the row holds."""
+    parts = (row.get("spec_name"), row.get("kind"), row.get("bucket"))
+    return "/".join(p if isinstance(p, str) and p.isprintable() and len(p) <= 80 else _show(p, 40) for p in parts)
 
 
 class TuningCache:
     """Best configs in one database (SQLite file or PostgreSQL), safe for concurrent writers.
 
-    ``create=False`` opens an existing cache read-mostly: a missing SQLite file raises
-    :class:`CacheMissing` without creating anything, and tables are never created.
+    Opening checks what the database is (:func:`~attncc.autotune.schema.open_cache_engine`):
+    tables are created only in a new or empty database, and any other database is refused.
+    ``create=False`` never writes: a missing file or empty database raises :class:`CacheMissing`.
+    Reads validate every row; invalid rows are skipped and recorded in :attr:`invalid`
+    (``spec/kind/bucket -> problem``).
     """
 
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         self.url = resolve_storage_url(url)
-        path = sqlite_path(self.url)
-        if not create and path is not None and not path.exists():
-            raise CacheMissing(f"no tuning cache at {path}")
-        self.engine = make_engine(self.url, create_dir=create)
-        try:
-            if create:
-                self._create_schema()
-            self._check_schema()
-        except SQLAlchemyError as exc:
-            self.engine.dispose()
-            raise StorageError(f"tuning cache {self.display_url} is unusable: {one_line(exc)}") from None
-        except StorageError:
-            self.engine.dispose()
-            raise
+        self.engine = open_cache_engine(self.url, create=create)
+        self.invalid: dict[str, str] = {}
 
     @property
     def display_url(self) -> str:
@@ -338,35 +359,9 @@ class TuningCache:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    # -- schema -----------------------------------------------------------------------------
-
-    def _create_schema(self) -> None:
-        if is_sqlite(self.url):
-            retrying(lambda: enable_wal(self.engine))
-        retrying(lambda: METADATA.create_all(self.engine), creating=True)
-
-        def put_version() -> None:
-            with self.engine.begin() as conn:
-                stmt = self._insert(META).values(name="schema_version", value=SCHEMA_VERSION)
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-
-        retrying(put_version, creating=True)
-
-    def _check_schema(self) -> None:
-        inspector = inspect(self.engine)
-        tables = set(inspector.get_table_names())
-        if ENTRIES_TABLE not in tables or META_TABLE not in tables:
-            raise StorageError(f"{self.display_url} is not an attncc tuning cache (no {ENTRIES_TABLE} table)")
-        columns = {col["name"] for col in inspector.get_columns(ENTRIES_TABLE)}
-        missing = sorted({c.name for c in ENTRIES.columns} - columns)
-        if missing:
-            raise StorageError(f"{self.display_url}: foreign {ENTRIES_TABLE} table (missing columns {missing})")
-        with self.engine.connect() as conn:
-            version = conn.execute(select(META.c.value).where(META.c.name == "schema_version")).scalar()
-        if version != SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.display_url}: tuning cache schema version {version!r}, expected {SCHEMA_VERSION!r}"
-            )
+    def table_names(self) -> set[str]:
+        """The tables of the database (attncc's, Optuna's, and any others)."""
+        return set(self._run(lambda: inspect(self.engine).get_table_names()))
 
     def _insert(self, table: Table) -> Any:
         dialect = sqlite_dialect if is_sqlite(self.url) else pg_dialect
@@ -380,11 +375,7 @@ class TuningCache:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def put(self, entry: CacheEntry, *, keep_better: bool = True) -> bool:
-        """Insert or update the entry of ``entry.key``; returns whether the row was written.
-
-        With ``keep_better`` an existing entry with the same metric and a lower value is kept.
-        """
+    def _upsert(self, entry: CacheEntry, keep_better: bool) -> Any:
         row = _row_of(entry)
         stmt = self._insert(ENTRIES).values(**row)
         updates = {name: stmt.excluded[name] for name in row if name not in _KEY_FIELDS}
@@ -392,16 +383,31 @@ class TuningCache:
         if keep_better:
             where = or_(ENTRIES.c.metric != stmt.excluded.metric, stmt.excluded.value <= ENTRIES.c.value)
         stmt = stmt.on_conflict_do_update(index_elements=list(_KEY_FIELDS), set_=updates, where=where)
-        sqlite = is_sqlite(self.url)
-        if not sqlite:  # psycopg reports rowcount 1 even when the WHERE kept the old row
+        if not is_sqlite(self.url):  # psycopg reports rowcount 1 even when the WHERE kept the old row
             stmt = stmt.returning(ENTRIES.c.spec_hash)  # a row comes back only if inserted or updated
+        return stmt
 
-        def write() -> bool:
+    def put_many(self, entries: list[CacheEntry], *, keep_better: bool = True) -> int:
+        """Write ``entries`` in one transaction (all or none); returns how many rows were written.
+
+        With ``keep_better`` an existing entry with the same metric and a lower value is kept.
+        """
+        statements = [self._upsert(entry, keep_better) for entry in entries]
+        sqlite = is_sqlite(self.url)
+
+        def write() -> int:
+            written = 0
             with self.engine.begin() as conn:
-                done = conn.execute(stmt)
-                return bool(done.rowcount) if sqlite else done.first() is not None
+                for stmt in statements:
+                    done = conn.execute(stmt)
+                    written += bool(done.rowcount) if sqlite else done.first() is not None
+            return written
 
-        return bool(self._run(write))
+        return int(self._run(write)) if statements else 0
+
+    def put(self, entry: CacheEntry, *, keep_better: bool = True) -> bool:
+        """Insert or update the entry of ``entry.key``; returns whether the row was written."""
+        return self.put_many([entry], keep_better=keep_better) == 1
 
     def clear(self, *, kind: str | None = None, spec_hash: str | None = None) -> int:
         """Delete entries (all, or those of one kind and/or spec hash); returns how many."""
@@ -428,26 +434,33 @@ class TuningCache:
 
         return list(self._run(run))
 
+    def _valid(self, rows: list[dict[str, Any]]) -> tuple[list[CacheEntry], list[str]]:
+        """The rows that pass validation, and ``label: problem`` of the others (also kept in :attr:`invalid`)."""
+        good: list[CacheEntry] = []
+        bad: list[str] = []
+        for row in rows:
+            try:
+                good.append(_entry_of(row))
+            except ConfigSchemaError as exc:
+                label = row_label(row)
+                self.invalid[label] = str(exc)
+                bad.append(f"{label}: {exc}")
+        return good, bad
+
     def get(self, key: TuneKey) -> CacheEntry | None:
-        """The entry of exactly ``key``; ``ConfigSchemaError`` if the stored data is invalid."""
-        rows = self._select(*(ENTRIES.c[name] == getattr(key, name) for name in _KEY_FIELDS))
-        return _entry_of(rows[0]) if rows else None
+        """The entry of exactly ``key``; ``None`` when absent or invalid (recorded in :attr:`invalid`)."""
+        found, _ = self._valid(self._select(*(ENTRIES.c[name] == getattr(key, name) for name in _KEY_FIELDS)))
+        return found[0] if found else None
 
     def nearest(self, key: TuneKey) -> CacheEntry | None:
-        """The entry of the nearest other bucket with the same spec, kind, dtype, GPU, versions, D, E."""
+        """The valid entry of the nearest other bucket with the same spec, kind, dtype, GPU, versions, D, E."""
         dims = key.bucket_dims
         same = [ENTRIES.c[name] == getattr(key, name) for name in _KEY_FIELDS if name != "bucket"]
         rows = self._select(*same, ENTRIES.c.bucket != key.bucket, ENTRIES.c.d == dims.D, ENTRIES.c.e == dims.E)
-        scored = sorted(
-            rows,
-            key=lambda r: (bucket_distance(dims, Shape(r["b"], r["h"], r["m"], r["n"], r["d"], r["e"])), r["bucket"]),
-        )
-        for row in scored:
-            try:
-                return _entry_of(row)
-            except ConfigSchemaError as exc:
-                LOG.warning("attncc tuning cache: skipping invalid entry %s: %s", row.get("bucket"), exc)
-        return None
+        found, _ = self._valid(rows)
+        if not found:
+            return None
+        return min(found, key=lambda e: (bucket_distance(dims, e.key.bucket_dims), e.key.bucket))
 
     def entries(
         self, *, kind: str | None = None, spec_hash: str | None = None, gpu_name: str | None = None
@@ -460,17 +473,12 @@ class TuningCache:
             conditions.append(ENTRIES.c.spec_hash == spec_hash)
         if gpu_name is not None:
             conditions.append(ENTRIES.c.gpu_name == gpu_name)
-        good: list[CacheEntry] = []
-        bad: list[str] = []
-        for row in self._select(*conditions):
-            try:
-                good.append(_entry_of(row))
-            except (ConfigSchemaError, KeyError, TypeError, ValueError) as exc:
-                bad.append(f"{row.get('spec_name')}/{row.get('kind')}/{row.get('bucket')}: {exc}")
+        good, bad = self._valid(self._select(*conditions))
         good.sort(key=lambda e: (e.spec_name, e.key.kind, e.key.dtype, e.key.gpu_name, e.key.bucket))
         return good, bad
 
     def count(self) -> int:
+        """Stored rows, valid or not."""
         def run() -> int:
             with self.engine.connect() as conn:
                 return int(conn.execute(select(func.count()).select_from(ENTRIES)).scalar() or 0)
@@ -478,7 +486,7 @@ class TuningCache:
         return int(self._run(run))
 
     def stats(self) -> dict[str, Any]:
-        """Entry counts by kind, GPU, source and version, plus the storage size for SQLite."""
+        """Entry counts by kind, GPU, source and version, invalid rows, and the SQLite file's size."""
         entries, bad = self.entries()
         data: dict[str, Any] = {
             "storage": self.display_url,
@@ -495,7 +503,3 @@ class TuningCache:
         if path is not None and path.exists():
             data["file_bytes"] = path.stat().st_size
         return data
-
-
-class CacheMissing(StorageError):
-    """The cache does not exist yet (a fresh machine): not an error for lookups."""

@@ -48,14 +48,25 @@ def _emit_json(data: Any) -> None:
 
 
 @contextmanager
-def _open_cache(storage: str | None, *, create: bool = True) -> Iterator[Any]:
-    from attncc.autotune.cache import TuningCache
+def _open_cache(storage: str | None, *, create: bool) -> Iterator[Any]:
+    """The tuning cache; with ``create=False`` nothing is written and a missing cache yields None."""
+    from attncc.autotune.cache import CacheMissing, TuningCache
 
-    cache = TuningCache(storage, create=create)
+    try:
+        cache = TuningCache(storage, create=create)
+    except CacheMissing:
+        yield None
+        return
     try:
         yield cache
     finally:
         cache.close()
+
+
+def _warn_invalid(cache: Any) -> None:
+    """One stderr line per invalid row the cache skipped."""
+    for label, problem in cache.invalid.items():
+        click.echo(f"warning: skipped invalid entry {label}: {problem}", err=True)
 
 
 def _resolve_tunable(spec: str, kind: str) -> Any:
@@ -131,10 +142,11 @@ def _filter_options(fn: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="JSON only")
 def ls_command(storage: str | None, kind: str | None, spec_hash: str | None, gpu: str | None, as_json: bool) -> None:
     """List the stored best configs."""
-    with _open_cache(storage) as cache:
-        entries, bad = cache.entries(kind=kind, spec_hash=spec_hash, gpu_name=gpu)
-    for problem in bad:
-        click.echo(f"warning: skipped invalid entry {problem}", err=True)
+    entries: list[Any] = []
+    with _open_cache(storage, create=False) as cache:
+        if cache is not None:
+            entries, _bad = cache.entries(kind=kind, spec_hash=spec_hash, gpu_name=gpu)
+            _warn_invalid(cache)
     if as_json:
         _emit_json([e.to_json() for e in entries])
         return
@@ -153,10 +165,14 @@ def ls_command(storage: str | None, kind: str | None, spec_hash: str | None, gpu
 @_filter_options
 def export_command(file: str, storage: str | None, kind: str | None, spec_hash: str | None, gpu: str | None) -> None:
     """Write the (filtered) entries to FILE as JSON with a metadata block."""
-    from attncc.autotune.transfer import export_file
+    from attncc.autotune.transfer import write_export
 
-    with _open_cache(storage) as cache:
-        count = export_file(cache, file, kind=kind, spec_hash=spec_hash, gpu_name=gpu)
+    entries: list[Any] = []
+    with _open_cache(storage, create=False) as cache:
+        if cache is not None:
+            entries, _bad = cache.entries(kind=kind, spec_hash=spec_hash, gpu_name=gpu)
+            _warn_invalid(cache)
+    count = write_export(entries, file)
     click.echo(f"exported {count} entries to {file}")
 
 
@@ -166,10 +182,14 @@ def export_command(file: str, storage: str | None, kind: str | None, spec_hash: 
 @click.option("--force", is_flag=True, help="import even if the versions or the GPU differ from this machine")
 def import_command(file: str, storage: str | None, force: bool) -> None:
     """Import entries exported by ``attncc cache export`` (checked against this machine)."""
-    from attncc.autotune.transfer import import_file
+    from attncc.autotune.lookup import invalidate_lookup_cache
+    from attncc.autotune.transfer import check_import
 
-    with _open_cache(storage) as cache:
-        written, kept = import_file(cache, file, force=force)
+    entries = check_import(file, force=force)  # a refused file leaves the storage untouched
+    with _open_cache(storage, create=True) as cache:
+        written = cache.put_many(entries)
+    invalidate_lookup_cache()
+    kept = len(entries) - written
     click.echo(f"imported {written} entries from {file}" + (f" ({kept} kept: existing entry was better)" if kept else ""))
 
 
@@ -180,7 +200,9 @@ def _delete_studies(storage_url: str, names: set[str] | None) -> int:
     from attncc.autotune.cache import STUDY_PREFIX
     from attncc.autotune.storage import optuna_storage, retrying
 
-    storage = optuna_storage(storage_url)
+    storage = optuna_storage(storage_url, create=False)
+    if storage is None:
+        return 0
     deleted = 0
     for summary in storage.get_all_studies():
         name = summary.study_name
@@ -198,7 +220,10 @@ def _delete_studies(storage_url: str, names: set[str] | None) -> int:
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 def clear_command(storage: str | None, kind: str | None, spec_hash: str | None, keep_studies: bool, yes: bool) -> None:
     """Delete entries and (unless --keep-studies) their Optuna studies."""
-    with _open_cache(storage) as cache:
+    with _open_cache(storage, create=False) as cache:
+        if cache is None:
+            click.echo("removed 0 entries and 0 studies (no tuning cache)")
+            return
         if not yes:
             click.confirm(f"delete tuning entries from {cache.display_url}?", abort=True, err=True)
         filtered = kind is not None or spec_hash is not None
@@ -212,7 +237,9 @@ def _study_stats(url: str) -> dict[str, Any]:
     from attncc.autotune.cache import STUDY_PREFIX
     from attncc.autotune.storage import optuna_storage
 
-    storage = optuna_storage(url)
+    storage = optuna_storage(url, create=False)
+    if storage is None:
+        return {"studies": 0, "trials": {}}
     studies = [s for s in storage.get_all_studies() if s.study_name.startswith(STUDY_PREFIX)]
     states: dict[str, int] = {}
     for study in studies:
@@ -228,10 +255,16 @@ def _study_stats(url: str) -> dict[str, Any]:
 def stats_command(storage: str | None, as_json: bool) -> None:
     """Entry counts by kind, GPU, source and version; Optuna studies and trials; lookup counters."""
     from attncc.autotune.lookup import lookup_stats
+    from attncc.autotune.storage import display_url, resolve_storage_url
 
-    with _open_cache(storage) as cache:
-        data = cache.stats()
-        data.update(_study_stats(cache.url))
+    with _open_cache(storage, create=False) as cache:
+        if cache is None:
+            data: dict[str, Any] = {"storage": display_url(resolve_storage_url(storage)), "exists": False,
+                                    "entries": 0, "invalid_entries": 0, "studies": 0, "trials": {}}
+        else:
+            data = cache.stats()
+            _warn_invalid(cache)
+            data.update(_study_stats(cache.url))
     data["lookups_this_process"] = lookup_stats()
     if as_json:
         _emit_json(data)

@@ -3,7 +3,9 @@
 Every attncc kernel calls :func:`lookup_config` before it launches.  The storage connection is
 opened once per URL and every answer is memoized per key in-process, so a lookup after the first
 is a dictionary access.  A missing cache is silent; a corrupt or foreign one is reported in one
-warning line (once) and ignored, so the kernel still runs with its default config.
+warning line (once) and ignored, so the kernel still runs with its default config.  Every row
+read is validated; invalid rows are skipped, counted (``invalid_rows``) and reported in one
+warning line per storage.
 
 Counters (``lookup_stats()``) say which level answered each call; ``ATTNCC_TUNING_STATS=1``
 prints them on stderr at exit.  ``ATTNCC_TUNING_CACHE=off`` disables lookups (always default).
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from attncc.autotune.cache import CacheMissing, TuneKey, TuningCache
-from attncc.autotune.space import Config, ConfigSchemaError
+from attncc.autotune.space import Config
 from attncc.autotune.storage import (
     CACHE_DIR_ENV,
     LOG,
@@ -36,21 +38,25 @@ DISABLE_ENV = "ATTNCC_TUNING_CACHE"
 STATS_ENV = "ATTNCC_TUNING_STATS"
 
 _lock = threading.RLock()
-_counts: dict[str, int] = dict.fromkeys((*LEVELS, "errors"), 0)
+_counts: dict[str, int] = dict.fromkeys((*LEVELS, "errors", "invalid_rows"), 0)
 _memo: dict[tuple[str, TuneKey], tuple[str, Config | None]] = {}
 # Fast path: raw call arguments + the environment that selects the storage -> answer.
 _fast: dict[tuple[Any, ...], tuple[str, Config | None]] = {}
 FAST_MEMO_LIMIT = 8192
 _handles: dict[str, TuningCache | None] = {}
 _warned: set[str] = set()
+_invalid_seen: set[tuple[str, str]] = set()
 _last_url: str | None = None
 _atexit_registered = False
 
 
-def _warn_once(url: str, message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        LOG.warning("attncc tuning cache %s ignored, using default configs: %s", display_url(url), message)
+def _warn_once(url: str, message: str, *, once_key: str | None = None, ignored: bool = True) -> None:
+    """Log ``message`` once per ``once_key`` (default: the message itself), on one line."""
+    key = once_key or message
+    if key not in _warned:
+        _warned.add(key)
+        what = "ignored, using default configs" if ignored else "partly ignored"
+        LOG.warning("attncc tuning cache %s %s: %s", display_url(url), what, message.replace("\n", " "))
 
 
 def _handle(url: str) -> TuningCache | None:
@@ -69,22 +75,30 @@ def _handle(url: str) -> TuningCache | None:
     return handle
 
 
+def _report_invalid(url: str, cache: TuningCache) -> None:
+    """Count the invalid rows the cache skipped; one warning per storage names the first."""
+    fresh = [(label, problem) for label, problem in cache.invalid.items() if (url, label) not in _invalid_seen]
+    for label, _ in fresh:
+        _invalid_seen.add((url, label))
+        _counts["invalid_rows"] += 1
+    if fresh:
+        label, problem = fresh[0]
+        _warn_once(url, f"invalid entries skipped (first: {label}: {problem}); `attncc cache ls` lists them",
+                   once_key=f"invalid:{url}", ignored=False)
+
+
 def _resolve(url: str, key: TuneKey) -> tuple[str, Config | None]:
     cache = _handle(url)
     if cache is None:
         return "default", None
     try:
-        try:
-            entry = cache.get(key)
-        except ConfigSchemaError as exc:
-            _counts["errors"] += 1
-            _warn_once(url, f"invalid entry for {key.bucket}: {exc}")
-            entry = None
+        entry = cache.get(key)
+        level = "exact"
+        if entry is None:
+            entry, level = cache.nearest(key), "nearest"
+        _report_invalid(url, cache)
         if entry is not None:
-            return "exact", entry.config
-        entry = cache.nearest(key)
-        if entry is not None:
-            return "nearest", entry.config
+            return level, entry.config
     except StorageError as exc:
         _counts["errors"] += 1
         _warn_once(url, str(exc))
@@ -171,3 +185,4 @@ def invalidate_lookup_cache() -> None:
                 handle.close()
         _handles.clear()
         _warned.clear()
+        _invalid_seen.clear()

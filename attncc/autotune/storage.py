@@ -128,14 +128,34 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+class UndecodableText(bytes):
+    """A TEXT value that is not valid UTF-8, returned as its bytes (row validation rejects it)."""
+
+
+def _text_factory(raw: bytes) -> str | UndecodableText:
+    """Decode TEXT values strictly; bad bytes become :class:`UndecodableText`, not a failed query."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return UndecodableText(raw)
+
+
+def sqlite_raw_connect(database: str, **kwargs: Any) -> sqlite3.Connection:
+    """A SQLite connection with a busy timeout; text that is not UTF-8 does not abort a query."""
+    conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, **kwargs)
+    conn.text_factory = _text_factory
+    conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    return conn
+
+
 def sqlite_connect(path: str) -> sqlite3.Connection:
     """A SQLite connection with a busy timeout and ``synchronous=NORMAL`` (no fsync per WAL commit).
 
     In WAL mode NORMAL keeps the database consistent after a crash; at worst the last commits
-    before a power loss are lost, which a tuning cache can afford.
+    before a power loss are lost, which a tuning cache can afford.  ``synchronous`` is a setting
+    of the connection; it writes nothing to the file.
     """
-    conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    conn = sqlite_raw_connect(path)
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
@@ -235,20 +255,28 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def optuna_storage(url: str) -> Any:
-    """Optuna's RDB storage on the same database (tables created once, race-safe)."""
+def optuna_storage(url: str, *, create: bool = True) -> Any:
+    """Optuna's RDB storage on the same database as the tuning cache (tables created once, race-safe).
+
+    The database must be an attncc tuning cache, or new or empty (the cache's tables are created
+    first); any other database is refused with a :class:`StorageError` before Optuna writes to it.
+    ``create=False`` never writes: ``None`` when the cache or Optuna's tables do not exist yet.
+    """
     import optuna
 
-    def build() -> Any:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    from attncc.autotune.cache import CacheMissing, TuningCache
 
     try:
-        if is_sqlite(url):
-            engine = make_engine(url)
-            try:
-                retrying(lambda: enable_wal(engine))
-            finally:
-                engine.dispose()
+        with TuningCache(url, create=create) as cache:
+            if not create and not {"studies", "version_info"} <= cache.table_names():
+                return None
+    except CacheMissing:
+        return None
+
+    def build() -> Any:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=not create)
+
+    try:
         return retrying(build, creating=True)
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise StorageError(f"cannot open Optuna storage {display_url(url)}: {one_line(exc)}") from None

@@ -19,7 +19,9 @@ match this machine (attncc and Triton versions, GPU) unless ``force`` is given.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,10 +67,8 @@ def metadata_for(entries: list[CacheEntry]) -> ExportMetadata:
     return ExportMetadata(attncc, triton, gpus, now, len(entries))
 
 
-def export_file(cache: TuningCache, path: str | Path, *, kind: str | None = None,
-                spec_hash: str | None = None, gpu_name: str | None = None) -> int:
-    """Write the (filtered) entries of ``cache`` to ``path`` atomically; returns how many."""
-    entries, _bad = cache.entries(kind=kind, spec_hash=spec_hash, gpu_name=gpu_name)
+def write_export(entries: list[CacheEntry], path: str | Path) -> int:
+    """Write ``entries`` with their metadata block to ``path`` atomically; returns how many."""
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -89,20 +89,65 @@ def export_file(cache: TuningCache, path: str | Path, *, kind: str | None = None
     return len(entries)
 
 
+def export_file(cache: TuningCache, path: str | Path, *, kind: str | None = None,
+                spec_hash: str | None = None, gpu_name: str | None = None) -> int:
+    """Write the valid (filtered) entries of ``cache`` to ``path`` atomically; returns how many."""
+    entries, _bad = cache.entries(kind=kind, spec_hash=spec_hash, gpu_name=gpu_name)
+    return write_export(entries, path)
+
+
+MAX_INT_DIGITS = 20
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
-def _load_json(path: Path) -> Any:
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]}{'...' if len(text) > 20 else ''} is out of range")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
+def _read_text(path: Path) -> str:
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise InputError(f"{path}: file too large for a tuning-cache export")
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
+        info = path.stat()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: not a valid attncc tuning-cache export ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path}: is a directory, not a tuning-cache export")
+    if info.st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: file too large for a tuning-cache export")
+    if info.st_size == 0:
+        raise InputError(f"{path}: empty file, not a tuning-cache export")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid attncc tuning-cache export ({detail})") from None
+
+
+def _load_json(path: Path) -> Any:
+    """The file as JSON data: finite numbers only, integers of at most 20 digits, bounded nesting."""
+    text = _read_text(path)
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
+    except RecursionError:
+        raise InputError(f"{path}: not a valid attncc tuning-cache export (JSON nested too deeply)") from None
+    except MemoryError:
+        raise InputError(f"{path}: not a valid attncc tuning-cache export (too large to parse)") from None
+    except ValueError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a valid attncc tuning-cache export ({detail})") from None
 
 
 def _parse_metadata(path: Path, data: object) -> ExportMetadata:
@@ -175,17 +220,29 @@ def mismatches(metadata: ExportMetadata, identity: GpuIdentity | None = None) ->
     return problems
 
 
-def import_file(cache: TuningCache, path: str | Path, *, force: bool = False,
-                identity: GpuIdentity | None = None) -> tuple[int, int]:
-    """Import an export file into ``cache``; returns ``(written, kept_existing_better)``.
+def check_import(path: str | Path, *, force: bool = False,
+                 identity: GpuIdentity | None = None) -> list[CacheEntry]:
+    """The validated entries of an export file, ready to write; one-line ``InputError`` otherwise.
 
-    A metadata mismatch (versions or GPU) raises a one-line ``InputError`` unless ``force``.
+    A metadata mismatch (versions or GPU) is refused unless ``force``.  Nothing is written.
     """
     metadata, entries = read_export(path)
     problems = mismatches(metadata, identity)
     if problems and not force:
         raise InputError(f"{path}: exported for {'; '.join(problems)}; use --force to import anyway")
-    written = sum(cache.put(entry) for entry in entries)
+    return entries
+
+
+def import_file(cache: TuningCache, path: str | Path, *, force: bool = False,
+                identity: GpuIdentity | None = None) -> tuple[int, int]:
+    """Import an export file into ``cache``; returns ``(written, kept_existing_better)``.
+
+    The whole file is validated before anything is written, and all entries are written in
+    one transaction.  A metadata mismatch (versions or GPU) raises a one-line ``InputError``
+    unless ``force``.
+    """
+    entries = check_import(path, force=force, identity=identity)
+    written = cache.put_many(entries)
     from attncc.autotune.lookup import invalidate_lookup_cache
 
     invalidate_lookup_cache()
