@@ -7,9 +7,15 @@ Kernels are then launched on CPU tensors.
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+from hypothesis import configuration as _hypothesis_config
+
+# Hypothesis keeps example databases and constant caches in its home directory (default: ./.hypothesis);
+# tests write only to temporary directories.
+_hypothesis_config.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="attncc-hypothesis-"))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
