@@ -124,6 +124,12 @@ def _as_bool(x: sp.Basic) -> sp.Basic:
     raise TypeError("expected a condition (comparison or boolean)")
 
 
+def _as_number(x: sp.Basic) -> sp.Expr:
+    if isinstance(x, sp.Expr):
+        return x
+    raise TypeError("expected a number, got a condition (use where(c, a, b) to turn one into a number)")
+
+
 class _Lowering:
     """Lowers one whitelisted Python expression tree to sympy."""
 
@@ -188,6 +194,8 @@ class _Lowering:
             raise self.fail(node, f"operator {_OP_SPELLING.get(type(node.op), type(node.op).__name__)} "
                             "is not allowed")
         a, b_ = self(node.left), self(node.right)
+        if not isinstance(node.op, (ast.BitAnd, ast.BitOr)):
+            a, b_ = _as_number(a), _as_number(b_)
         if isinstance(node.op, ast.Pow):
             problem = power_problem(a, b_)
             if problem:
@@ -197,9 +205,9 @@ class _Lowering:
     def visit_UnaryOp(self, node: ast.UnaryOp) -> sp.Basic:
         x = self(node.operand)
         if isinstance(node.op, ast.USub):
-            return -x
+            return -_as_number(x)
         if isinstance(node.op, ast.UAdd):
-            return x
+            return _as_number(x)
         if isinstance(node.op, (ast.Not, ast.Invert)):
             return sp.Not(_as_bool(x))
         raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
@@ -209,7 +217,7 @@ class _Lowering:
         return sp.And(*vals) if isinstance(node.op, ast.And) else sp.Or(*vals)
 
     def visit_Compare(self, node: ast.Compare) -> sp.Basic:
-        terms = [self(node.left)] + [self(c) for c in node.comparators]
+        terms = [_as_number(self(node.left))] + [_as_number(self(c)) for c in node.comparators]
         parts = []
         for op, lhs, rhs in zip(node.ops, terms[:-1], terms[1:], strict=True):
             fn = _CMPOPS.get(type(op))
@@ -219,7 +227,7 @@ class _Lowering:
         return sp.And(*parts)
 
     def visit_IfExp(self, node: ast.IfExp) -> sp.Basic:
-        return E.where(_as_bool(self(node.test)), self(node.body), self(node.orelse))
+        return E.where(_as_bool(self(node.test)), _as_number(self(node.body)), _as_number(self(node.orelse)))
 
     def visit_Call(self, node: ast.Call) -> sp.Basic:
         if not isinstance(node.func, ast.Name):
@@ -234,7 +242,9 @@ class _Lowering:
             raise self.fail(node, f"{name}() takes {arity} argument(s), got {len(node.args)}")
         args = [self(a) for a in node.args]
         if name == "where":
-            args[0] = _as_bool(args[0])
+            args = [_as_bool(args[0]), _as_number(args[1]), _as_number(args[2])]
+        else:
+            args = [_as_number(a) for a in args]
         return build(*args)
 
     def visit_Subscript(self, node: ast.Subscript) -> sp.Basic:
