@@ -188,8 +188,11 @@ def cheap_expand(expr: sp.Expr) -> sp.Expr:
 
 
 def cheap_simplify(expr: sp.Basic) -> sp.Basic:
-    """``sp.simplify(expr)`` when that is cheap, else ``expr`` unchanged."""
-    return sp.simplify(expr) if small_enough(expr) else expr
+    """``sp.trigsimp(expr)`` (``1 - tanh(x)**2 -> cosh(x)**-2``) when that is cheap, else ``expr``.
+
+    ``sp.simplify`` is avoided: it can take seconds on small expressions (``tanh(sign(x)**2)``).
+    """
+    return sp.trigsimp(expr) if small_enough(expr) else expr
 
 
 class _FloorD(sp.Function):

@@ -122,7 +122,7 @@ def _bound(atom: sp.Basic, var: sp.Symbol) -> tuple[sp.Expr | None, sp.Expr | No
     c = sp.diff(diff, var)
     if not (c.is_Rational or c.is_Float) or c == 0:
         return None
-    t = E.cheap_simplify(-(diff - c * var) / c)  # atom is "c*(var - t) OP 0"
+    t = E.cheap_expand(-(diff - c * var) / c)  # atom is "c*(var - t) OP 0"
     if var in t.free_symbols:
         return None
     op = type(atom)
@@ -216,7 +216,7 @@ def _segment(conjunct: sp.Basic, d: Direction) -> Segment:
 
 def _provably_ordered(segs: tuple[Segment, ...]) -> bool:
     for a, b_ in itertools.pairwise(segs):
-        d = E.cheap_simplify(b_.lo - a.lo)
+        d = E.cheap_expand(b_.lo - a.lo)
         if not (d.is_nonnegative or _nonneg_by_max(b_.lo, a.lo)):
             return False
     return True

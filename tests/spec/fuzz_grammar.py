@@ -222,8 +222,12 @@ def _compare(a: X, op: str, b: X) -> X:
 def _boolop(a: X, op: str, b: X) -> X:
     ok = a.kind == b.kind == "bool"
     fn = {"&": torch.logical_and, "|": torch.logical_or, "and": torch.logical_and, "or": torch.logical_or}[op]
-    return X(f"({a.text} {op} {b.text})", "bool" if ok else "bad",
+    return X(f"({_paren(a.text)} {op} {_paren(b.text)})", "bool" if ok else "bad",
              lambda env: fn(_t(a.ev(env), env), _t(b.ev(env), env)), 1, a.tame and b.tame and ok, a.caps | b.caps)
+
+
+def _paren(text: str) -> str:
+    return text if text.startswith("(") and text.endswith(")") else f"({text})"
 
 
 def _not(a: X, spelling: str) -> X:
