@@ -77,6 +77,13 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ["ATTNCC_CACHE_DIR"] = old
 
 
+@pytest.fixture(autouse=True)
+def _fresh_canary() -> None:
+    """A canary written by one test fails that test only."""
+    assert CANARY is not None
+    CANARY.unlink(missing_ok=True)
+
+
 def payload(text: str) -> str:
     assert CANARY is not None
     return text.replace("CANARY", str(CANARY).replace("\\", "/"))
