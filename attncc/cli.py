@@ -6,6 +6,7 @@ Errors a user can cause print one line to stderr and exit with code 2.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,26 @@ import click
 from attncc.errors import AttnccError
 
 DTYPES = ("fp16", "bf16", "fp32")
+MAX_DIM = 2**31 - 1  # the kernels index with int32
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class _Group(click.Group):
+    """Every error a user can cause: one line on stderr, exit code 2."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AttnccError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            ctx.exit(2)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -35,6 +47,8 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"'{text}' is not B,H,M,N,D[,E] integers") from None
     if len(dims) not in (5, 6) or min(dims) < 1:
         raise click.BadParameter(f"'{text}' must be 5 or 6 positive integers: B,H,M,N,D[,E]")
+    if max(dims) > MAX_DIM:
+        raise click.BadParameter(f"'{text}': every size of B,H,M,N,D[,E] must be at most {MAX_DIM}")
     return dims
 
 
@@ -132,6 +146,11 @@ def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, floa
     unknown = set(params) - set(spec.params)
     if unknown:
         raise click.BadParameter(f"unknown parameter(s) {sorted(unknown)}; {spec.name} takes {sorted(spec.params)}")
+    for name, val in params.items():
+        if spec.params[name].kind == "int" and not (isinstance(val, int) and INT64[0] <= val <= INT64[1]):
+            raise click.BadParameter(f"--param {name}: an int64 integer is needed, got {val!r}")
+        if not math.isfinite(val):
+            raise click.BadParameter(f"--param {name}: the value must be finite, got {val!r}")
     return params
 
 
@@ -144,10 +163,11 @@ def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, floa
 def check(spec: str, shape: str, dtype: str, params: tuple[str, ...], as_json: bool) -> None:
     """Run SPEC's kernel here (interpreter without GPU) against the spec's dense reference."""
     from attncc.runtime.check import run_check
+    from attncc.spec.loader import resolve
 
     dims = parse_shape(shape)
     assert dims is not None
-    result = run_check(spec, dims, dtype, parse_params(params))
+    result = run_check(spec, dims, dtype, _checked_params(resolve(spec), parse_params(params)))
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -14,7 +14,7 @@ class SpecError(AttnccError):
     """
 
     def __init__(self, message: str, location: str | None = None) -> None:
-        self.message = message.replace("\n", " ")
+        self.message = " ".join(message.splitlines())  # every line break Python knows (\r, \x85, ...)
         self.location = location
         super().__init__(f"{location}: {self.message}" if location else self.message)
 

@@ -35,8 +35,8 @@ def differentiable_loads(spec: Spec) -> list[E.Load]:
 
 def load_derivative(modify: sp.Expr, ld: E.Load) -> sp.Expr:
     """d modify / d ld, treating each load as an independent variable."""
-    sym = sp.Symbol("__load__", real=True)
-    return sp.diff(modify.subs(ld, sym), sym).subs(sym, ld)
+    sym = sp.Dummy("load", real=True)
+    return E.derivative(modify.subs(ld, sym), sym).subs(sym, ld)
 
 
 def _index_lambda(ld: E.Load, spec: Spec) -> str:
@@ -52,7 +52,7 @@ def _head_loop(spec: Spec) -> tuple[str, str, bool]:
     H, HK = E.SIZE_SYMBOLS["H"], E.SIZE_SYMBOLS["HK"]
     if spec.kv_head == E.h:
         return "off_hk", "off_hk + 1", False
-    if sp.simplify(spec.kv_head - sp.floor(E.h / sp.floor(H / HK))) == 0:
+    if E.cheap_simplify(spec.kv_head - sp.floor(E.h / sp.floor(H / HK))) == 0:
         return "off_hk * (H // HK)", "(off_hk + 1) * (H // HK)", False
     return "0", "H", True
 

@@ -34,7 +34,7 @@ def segments_code(analysis: MaskAnalysis, pr: TritonPrinter, tile_call: str, ind
               var: str = "n0", block: str = "BLOCK_N", what: str = "keys") -> str:
     segs = analysis.segments
     if not segs:
-        return f"{indent}# the mask is never true: no tile is visited"
+        return f"{indent}pass  # the mask is never true: no tile is visited"
     return "\n".join(_segment_code(i, len(segs), sg, pr, tile_call, indent, var, block, what)
                      for i, sg in enumerate(segs))
 

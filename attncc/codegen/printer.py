@@ -83,6 +83,21 @@ class TritonPrinter(StrPrinter):
     def _print_Rational(self, e: sp.Rational) -> str:
         return repr(float(e))
 
+    def _print_NaN(self, e: sp.Basic) -> str:
+        return 'float("nan")'
+
+    def _print_ComplexInfinity(self, e: sp.Basic) -> str:
+        raise ValueError("no kernel value for complex infinity (a division by zero)")
+
+    def _print_ImaginaryUnit(self, e: sp.Basic) -> str:
+        raise ValueError("no kernel value for a complex number")
+
+    def _print_Derivative(self, e: sp.Basic) -> str:
+        raise ValueError(f"no kernel form for the derivative {e}")
+
+    def _print_Subs(self, e: sp.Basic) -> str:
+        raise ValueError(f"no kernel form for {e}")
+
     def _print_Infinity(self, e: sp.Basic) -> str:
         return 'float("inf")'
 
@@ -141,8 +156,13 @@ class TritonPrinter(StrPrinter):
 
     def _print_Pow(self, e: sp.Pow) -> str:
         base, ex = e.args
-        if base.is_number:  # c ** x = exp(log(c) * x)
-            return f"tl.exp({float(sp.log(base).evalf())!r} * {self._wrap(ex)})"
+        if base.is_number:  # c ** x = exp(log(c) * x); for c < 0 only integer x (sign from its parity)
+            if base.is_positive:
+                return f"tl.exp({float(sp.log(base).evalf())!r} * {self._wrap(ex)})"
+            if base.is_negative and ex.is_integer:
+                mag = f"tl.exp({float(sp.log(-base).evalf())!r} * {self._wrap(ex)})"
+                return f"(tl.where(({self._wrap(ex)} % 2) != 0, -1.0, 1.0) * {mag})"
+            raise ValueError(f"no real kernel value for {e}")
         if ex == -1:
             return f"(1.0 / {self._wrap(base)})"
         if ex == sp.Rational(1, 2):
@@ -155,6 +175,10 @@ class TritonPrinter(StrPrinter):
         if ex.is_Integer and -4 <= int(ex) < -1:
             b_ = self._wrap(base)
             return "(1.0 / (" + " * ".join([b_] * -int(ex)) + "))"
+        if ex.is_Integer:  # |x|**k with the sign of x**k: x < 0 and k odd gives a negative result
+            b_ = self.f(base)
+            mag = f"tl.exp(tl.log(tl.abs({b_})) * {int(ex)}.0)"
+            return f"(tl.where({b_} < 0, -1.0, 1.0) * {mag})" if int(ex) % 2 else mag
         return f"tl.exp(tl.log({self.f(base)}) * {self._wrap(ex)})"
 
     def _print_exp(self, e: sp.Basic) -> str:
@@ -292,6 +316,24 @@ class TorchPrinter(TritonPrinter):
 
     def _print_Abs(self, e: sp.Basic) -> str:
         return f"torch.abs(_t({self.p(e.args[0])}))"
+
+    def _print_Pow(self, e: sp.Pow) -> str:
+        return f"torch.pow(_t({self.p(e.base)}), {self.p(e.exp)})"
+
+    def _torch_fn(self, e: sp.Basic, fn: str) -> str:
+        return f"torch.{fn}(_t({self.p(e.args[0])}).double())"
+
+    def _print_exp(self, e: sp.Basic) -> str:
+        return self._torch_fn(e, "exp")
+
+    def _print_log(self, e: sp.Basic) -> str:
+        return self._torch_fn(e, "log")
+
+    def _print_tanh(self, e: sp.Basic) -> str:
+        return self._torch_fn(e, "tanh")
+
+    def _print_sign(self, e: sp.Basic) -> str:
+        return f"torch.sign(_t({self.p(e.args[0])}))"
 
     def _print_floor(self, e: sp.Basic) -> str:
         arg = e.args[0]

@@ -100,9 +100,46 @@ _ALLOWED_OPS = (
 )
 
 
+def integer_valued(e: sp.Basic) -> bool:
+    """True when ``e`` is built only from integers: what an index or a head map must be.
+
+    Structural (``floor(h / floor(H / HK))`` is integer even though sympy cannot rule
+    out a division by zero inside).
+    """
+    if not isinstance(e, sp.Expr):
+        return False
+    if e.is_integer:
+        return True
+    if isinstance(e, (sp.floor, sp.ceiling)):
+        return True
+    if isinstance(e, (sp.Add, sp.Mul, sp.Min, sp.Max, sp.Abs, sp.sign, sp.Mod)):
+        return all(integer_valued(a) for a in e.args)
+    if isinstance(e, sp.Pow):
+        return integer_valued(e.base) and e.exp.is_Integer and e.exp >= 0
+    if isinstance(e, sp.Piecewise):
+        return all(integer_valued(pair.expr) for pair in e.args)
+    return False
+
+
 def check_vocabulary(expr: sp.Basic, where_: str) -> None:
-    """Raise ``SpecError`` if ``expr`` uses anything outside the vocabulary."""
+    """Raise ``SpecError`` if ``expr`` uses anything outside the vocabulary.
+
+    Also refused: complex values, complex infinity (a division by zero), a power
+    of a constant base <= 0 whose exponent is not a constant (or, for a negative
+    base, not an integer), and captured-tensor indices that are not integers.
+    NaN is a value like any other (``score * float('nan')``).
+    """
     for node in sp.preorder_traversal(expr):
+        if node is sp.zoo:
+            raise SpecError("division by zero (the expression is undefined)", where_)
+        if node is sp.I:
+            raise SpecError("the expression has a complex value", where_)
+        if isinstance(node, sp.Pow) and node.base.is_number and not node.exp.is_number:
+            if not (node.base.is_positive or (node.base.is_negative and node.exp.is_integer)):
+                raise SpecError(f"{node}: a constant base <= 0 needs an integer exponent "
+                                "(and 0 a constant one)", where_)
+        if isinstance(node, Load) and not all(integer_valued(i) for i in node.indices):
+            raise SpecError(f"{node}: captured-tensor indices must be integer expressions", where_)
         if isinstance(node, _ALLOWED_ATOMS + _ALLOWED_FUNCS + _ALLOWED_OPS):
             continue
         raise SpecError(f"unsupported operation {type(node).__name__} in expression", where_)
@@ -117,3 +154,63 @@ def loads(expr: sp.Basic) -> list[Load]:
 def canonical(expr: sp.Basic) -> str:
     """Canonical text of an expression, used in cache keys."""
     return sp.srepr(expr)
+
+
+# --- bounded symbolic work --------------------------------------------------------------------
+MAX_EXPANDED_TERMS = 400  # expand/simplify only what stays this small
+
+
+def expanded_terms(expr: sp.Basic) -> int:
+    """An upper bound on the number of terms of ``sp.expand(expr)``, computed without expanding."""
+    if isinstance(expr, sp.Add):
+        return sum(expanded_terms(a) for a in expr.args)
+    if isinstance(expr, sp.Mul):
+        out = 1
+        for a in expr.args:
+            out *= expanded_terms(a)
+            if out > 10**9:
+                return out
+        return out
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and int(expr.exp) > 1:
+        k, t = int(expr.exp), expanded_terms(expr.base)
+        return sp.binomial(t + k - 1, k) if t < 10**6 and k < 10**6 else 10**9
+    return 1
+
+
+def small_enough(expr: sp.Basic) -> bool:
+    """True when expanding (or simplifying) ``expr`` is cheap."""
+    return expanded_terms(expr) <= MAX_EXPANDED_TERMS and sp.count_ops(expr) <= 60
+
+
+def cheap_expand(expr: sp.Expr) -> sp.Expr:
+    """``sp.expand(expr)`` when that is cheap, else ``expr`` unchanged."""
+    return sp.expand(expr) if small_enough(expr) else expr
+
+
+def cheap_simplify(expr: sp.Basic) -> sp.Basic:
+    """``sp.trigsimp(expr)`` (``1 - tanh(x)**2 -> cosh(x)**-2``) when that is cheap, else ``expr``.
+
+    ``sp.simplify`` is avoided: it can take seconds on small expressions (``tanh(sign(x)**2)``).
+    """
+    return sp.trigsimp(expr) if small_enough(expr) else expr
+
+
+class _FloorD(sp.Function):
+    """``floor`` while differentiating: a step function, derivative 0 almost everywhere."""
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.Integer(0)
+
+
+class _CeilD(_FloorD):
+    """``ceiling`` while differentiating."""
+
+
+def derivative(expr: sp.Basic, s: sp.Symbol) -> sp.Expr:
+    """d expr / d s almost everywhere, like autograd: floor/ceil contribute 0 and
+    ``a % b = a - b * floor(a / b)`` contributes ``a' - b' * floor(a / b)``."""
+    e = expr.replace(lambda x: isinstance(x, sp.Mod),
+                     lambda x: x.args[0] - x.args[1] * _FloorD(x.args[0] / x.args[1]))
+    e = e.replace(sp.floor, _FloorD).replace(sp.ceiling, _CeilD)
+    d = sp.diff(e, s)
+    return d.replace(_CeilD, sp.ceiling).replace(_FloorD, sp.floor)

@@ -46,7 +46,7 @@ def analyse_mask(g: nx.DiGraph) -> PassRecord:
 def score_gradient(g: nx.DiGraph) -> PassRecord:
     """d(modify)/d(score), derived symbolically, for the backward pass."""
     spec: Spec = g.graph["spec"]
-    g.graph["dmodify"] = sp.simplify(sp.diff(spec.modify, E.score))
+    g.graph["dmodify"] = E.cheap_simplify(E.derivative(spec.modify, E.score))
     return PassRecord("score_gradient", True, f"d modify / d score = {g.graph['dmodify']}")
 
 

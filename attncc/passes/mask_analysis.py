@@ -118,11 +118,11 @@ def _bound(atom: sp.Basic, var: sp.Symbol) -> tuple[sp.Expr | None, sp.Expr | No
         return None
     if any(var in ld.free_symbols for ld in E.loads(atom)):
         return None
-    diff = sp.expand(atom.lhs - atom.rhs)
+    diff = E.cheap_expand(atom.lhs - atom.rhs)
     c = sp.diff(diff, var)
-    if not c.is_number or c == 0:
+    if not (c.is_Rational or c.is_Float) or c == 0:
         return None
-    t = sp.simplify(-(diff - c * var) / c)  # atom is "c*(var - t) OP 0"
+    t = E.cheap_expand(-(diff - c * var) / c)  # atom is "c*(var - t) OP 0"
     if var in t.free_symbols:
         return None
     op = type(atom)
@@ -216,7 +216,7 @@ def _segment(conjunct: sp.Basic, d: Direction) -> Segment:
 
 def _provably_ordered(segs: tuple[Segment, ...]) -> bool:
     for a, b_ in itertools.pairwise(segs):
-        d = sp.simplify(b_.lo - a.lo)
+        d = E.cheap_expand(b_.lo - a.lo)
         if not (d.is_nonnegative or _nonneg_by_max(b_.lo, a.lo)):
             return False
     return True
@@ -228,7 +228,18 @@ def _nonneg_by_max(big: sp.Expr, small: sp.Expr) -> bool:
 
 
 def analyse(pred: sp.Basic, d: Direction = KEYS) -> MaskAnalysis:
-    """Derive the segments of ``pred`` along ``d``; see the module docstring."""
+    """Derive the segments of ``pred`` along ``d``; see the module docstring.
+
+    Whatever sympy cannot decide (precision exhausted on a constant, a result too
+    large to handle) falls back to the elementwise segment, which is always correct.
+    """
+    try:
+        return _analyse(pred, d)
+    except (ArithmeticError, TypeError, ValueError, RecursionError) as exc:
+        return _fallback(pred, f"analysis gave up ({type(exc).__name__})", d)
+
+
+def _analyse(pred: sp.Basic, d: Direction) -> MaskAnalysis:
     N = d.size
     pred = normalise(pred)
     if pred is sp.true:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,12 +11,12 @@ import sympy as sp
 import torch
 
 from attncc.codegen.prefill import DEFAULT_CONFIGS
+from attncc.errors import InputError
 from attncc.ir import expr as E
 from attncc.ir.build import build_cascade
 from attncc.ir.evaluate import evaluate
 from attncc.ir.graph import describe, sweeps_over
 from attncc.passes.mask_analysis import MaskAnalysis, m_first, m_last
-from attncc.runtime.reference import index_env
 from attncc.spec.model import Spec
 
 
@@ -29,7 +30,12 @@ class TileStats:
     visited: int    # pairs the kernel loads
     full: int       # visited without evaluating the mask
     partial: int    # visited with the mask evaluated elementwise
-    non_empty: int  # pairs that hold at least one unmasked element
+    non_empty: int | None  # pairs that hold at least one unmasked element (None: too many to count)
+
+
+# Work bounds of the statistics (they mirror the kernel's loops on the CPU).
+MAX_QUERY_TILES = 2**14      # beyond this many query tiles, no statistics at all
+MAX_MASK_ELEMENTS = 2**28    # beyond this many (m, n) pairs, non_empty is not counted
 
 
 def default_tiles(head_dim: int) -> tuple[int, int]:
@@ -41,7 +47,11 @@ def default_tiles(head_dim: int) -> tuple[int, int]:
 
 
 def _num(e: sp.Basic, env: dict) -> int:
-    return int(torch.as_tensor(evaluate(e, env, {})).item())
+    v = evaluate(e, env, {})
+    v = v.item() if isinstance(v, torch.Tensor) else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return 2**62 if v > 0 else -(2**62)  # beyond any key range; NaN cannot arise from bounds
+    return int(v)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -66,12 +76,17 @@ def _visit(analysis: MaskAnalysis, env: dict, bn: int) -> tuple[int, int]:
 
 def tile_stats(spec: Spec, analysis: MaskAnalysis, shape: tuple[int, ...], bm: int, bn: int,
                params: dict[str, Any] | None = None) -> TileStats | None:
-    """Statistics for ``shape = (B, H, M, N, D[, E])``; None when the mask reads captured tensors."""
-    if E.loads(spec.mask):
+    """Statistics for ``shape = (B, H, M, N, D[, E])``; None when the mask reads captured tensors
+    or the shape has more than :data:`MAX_QUERY_TILES` query tiles."""
+    if E.loads(spec.mask) or _cdiv(shape[2], bm) > MAX_QUERY_TILES:
         return None
     B, H, M, N, D = shape[:5]
+    count_elements = M * N <= MAX_MASK_ELEMENTS
     params = params or {}
-    env = index_env(spec, B, H, H, M, N, D, shape[5] if len(shape) > 5 else D, params, 1.0)
+    sizes = {"B": B, "H": H, "HK": H, "M": M, "N": N, "D": D, "E": shape[5] if len(shape) > 5 else D}
+    env: dict = {E.SIZE_SYMBOLS[k]: v for k, v in sizes.items()}
+    env.update({p.symbol: params.get(p.name, p.default) for p in spec.params.values()})
+    env[E.scale] = 1.0
     heads = B * H if {E.b, E.h} & spec.mask.free_symbols else 1
     visited = full = non_empty = 0
     n_idx = torch.arange(N).view(1, -1)
@@ -80,6 +95,8 @@ def tile_stats(spec: Spec, analysis: MaskAnalysis, shape: tuple[int, ...], bm: i
         tile_env = {**env, m_first: first, m_last: last, E.b: 0, E.h: 0}
         v, f = _visit(analysis, tile_env, bn)
         visited, full = visited + v, full + f
+        if not count_elements:
+            continue
         rows = {**env, E.m: torch.arange(first, last + 1).view(-1, 1), E.n: n_idx, E.b: 0, E.h: 0}
         keep = torch.as_tensor(evaluate(spec.mask, rows, {})).expand(last - first + 1, N)
         pad = torch.zeros(keep.shape[0], _cdiv(N, bn) * bn, dtype=torch.bool)
@@ -87,7 +104,8 @@ def tile_stats(spec: Spec, analysis: MaskAnalysis, shape: tuple[int, ...], bm: i
         non_empty += int(pad.view(keep.shape[0], -1, bn).any(2).any(0).sum())
     scale = B * H if heads == 1 else 1  # b/h-dependent masks were evaluated at b = h = 0 only
     total = _cdiv(M, bm) * _cdiv(N, bn) * B * H
-    return TileStats(bm, bn, total, visited * scale, full * scale, (visited - full) * scale, non_empty * scale)
+    return TileStats(bm, bn, total, visited * scale, full * scale, (visited - full) * scale,
+                     non_empty * scale if count_elements else None)
 
 
 def explain(g: nx.DiGraph, shape: tuple[int, ...] | None, params: dict[str, Any] | None = None,
@@ -110,9 +128,15 @@ def explain(g: nx.DiGraph, shape: tuple[int, ...] | None, params: dict[str, Any]
     }
     if shape is not None:
         bm, bn = tiles or default_tiles(shape[4])
-        st = tile_stats(spec, analysis, shape, bm, bn, params)
+        try:
+            st = tile_stats(spec, analysis, shape, bm, bn, params)
+        except (RuntimeError, OverflowError) as exc:  # torch integer overflow on huge sizes or params
+            raise InputError(f"--shape/--param: tile statistics overflow ({str(exc).splitlines()[0]})") from None
         out["shape"] = dict(zip("BHMNDE", shape, strict=False))
-        out["tiles"] = asdict(st) if st else "depends on captured tensor values"
+        if st is None:
+            why = ("depends on captured tensor values" if E.loads(spec.mask)
+                   else f"not computed: more than {MAX_QUERY_TILES} query tiles")
+        out["tiles"] = asdict(st) if st else why
     return out
 
 
@@ -135,5 +159,5 @@ def format_explain(info: dict[str, Any]) -> str:
         else:
             lines += [f"  tiles BLOCK_M={t['block_m']} BLOCK_N={t['block_n']}: total {t['total']}, "
                       f"visited {t['visited']} (full {t['full']}, partial {t['partial']}), "
-                      f"non-empty {t['non_empty']}"]
+                      f"non-empty {'not counted (M*N too large)' if t['non_empty'] is None else t['non_empty']}"]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import torch
 
 from attncc.errors import SpecError
 from attncc.ir import expr as E
+from attncc.spec.names import collisions, name_problem
 
 
 def _where_loc(fn: Callable[..., Any]) -> str:
@@ -44,7 +45,9 @@ class Captures:
     def name_of(self, t: torch.Tensor) -> str:
         if id(t) in self.by_id:
             return self.by_id[id(t)]
-        base = self.fn_names.get(id(t), f"cap{len(self.tensors)}")
+        base = self.fn_names.get(id(t), "")
+        if not base or name_problem(base, "capture") or collisions([], [(base, max(t.dim(), 1))]):
+            base = f"cap{len(self.tensors)}"  # a name the generated code cannot confuse
         name, k = base, 1
         while name in self.tensors:
             name, k = f"{base}_{k}", k + 1

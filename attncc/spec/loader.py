@@ -7,6 +7,7 @@ can cause is a one-line :class:`SpecError` with ``file:line:col``.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import sys
 from pathlib import Path
@@ -16,8 +17,9 @@ import sympy as sp
 
 from attncc.errors import SpecError
 from attncc.ir import expr as E
+from attncc.spec import names as N
 from attncc.spec.model import CAPTURE_DTYPES, CaptureDecl, ParamDecl, Spec
-from attncc.spec.parser import Location, Scope, parse_expression
+from attncc.spec.parser import Location, Scope, parse_expression, parse_tree
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +38,10 @@ TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "c
 CASCADE_KEYS = {"score", "modify", "mask", "normalize", "output"}
 INPUT_ROLES = {"q": ("b", "h", "m", "d"), "k": ("b", "hk", "n", "d"), "v": ("b", "hk", "n", "e")}
 KNOWN_INDICES = ("b", "h", "hk", "m", "n", "d", "e")
-RESERVED = set(KNOWN_INDICES) | set(E.SIZE_SYMBOLS) | {"score", "scale", "q", "k", "v", "p"}
+MAX_SPEC_BYTES = 256 * 1024  # a spec file larger than this is refused before parsing
+MAX_CAPTURE_DIMS = 8
+MAX_NAMES = 64  # params, and captures, per spec
+INT_PARAM_RANGE = (-(2**63), 2**63 - 1)
 
 
 def library() -> dict[str, Path]:
@@ -58,7 +63,15 @@ def resolve(ref: str | Path) -> Spec:
 
 
 def load_file(path: Path) -> Spec:
-    text = path.read_text(encoding="utf-8")
+    """Load one spec file; unreadable or non-UTF-8 files are one-line errors."""
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec file larger than {MAX_SPEC_BYTES} bytes", str(path))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file is not UTF-8 text (byte {exc.start})", str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror or exc}", str(path)) from None
     return load_text(text, str(path))
 
 
@@ -92,12 +105,18 @@ class _Locator:
 
 def load_text(text: str, file: str = "<spec>") -> Spec:
     """Parse TOML text of a spec."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec text longer than {MAX_SPEC_BYTES} characters", f"{file}:1:1")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+), column (\d+)", str(exc))
-        where = f"{file}:{m.group(1)}:{m.group(2)}" if m else file
+        where = f"{file}:{m.group(1)}:{m.group(2)}" if m else f"{file}:1:1"
         raise SpecError(f"invalid TOML: {str(exc).split(' (at')[0]}", where) from None
+    except (RecursionError, MemoryError):
+        raise SpecError("invalid TOML: nested too deeply", f"{file}:1:1") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+        raise SpecError(f"invalid TOML: {str(exc).splitlines()[0][:120]}", f"{file}:1:1") from None
     return _SpecBuilder(doc, _Locator(text, file)).build()
 
 
@@ -112,7 +131,13 @@ class _SpecBuilder:
     def table(self, key: str) -> dict[str, Any]:
         val = self.doc.get(key, {})
         if not isinstance(val, dict):
-            raise SpecError(f"'{key}' must be a table", self.loc.file)
+            raise self.err("", key, f"'{key}' must be a table")
+        return val
+
+    def text(self, section: str, key: str, val: Any, what: str) -> str:
+        """A string field, or a one-line error naming it."""
+        if not isinstance(val, str):
+            raise self.err(section, key, f"'{key}' must be {what}")
         return val
 
     def build(self) -> Spec:
@@ -120,8 +145,11 @@ class _SpecBuilder:
         if unknown:
             raise self.err("", sorted(unknown)[0], f"unknown key '{sorted(unknown)[0]}'")
         name = self.doc.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", name):
-            raise self.err("", "name", "'name' must be an identifier-like string")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,99}", name):
+            raise self.err("", "name", "'name' must be an identifier-like ASCII string (at most 100 characters)")
+        description = self.doc.get("description", "")
+        if not isinstance(description, str):
+            raise self.err("", "description", "'description' must be a string")
         kv_head = self.inputs()
         params = self.params()
         captures = self.captures(params)
@@ -135,7 +163,7 @@ class _SpecBuilder:
                 raise self.err("cascade", key, f"[cascade] needs '{key}'")
         scaled = self.score_einsum(cascade["score"])
         self.output_einsum(cascade["output"])
-        norm = cascade.get("normalize", "softmax(n)")
+        norm = self.text("cascade", "normalize", cascade.get("normalize", "softmax(n)"), "a string, softmax(n)")
         if norm.replace(" ", "") != "softmax(n)":
             raise self.err("cascade", "normalize", f"unsupported normalisation '{norm}' (only softmax(n))")
         names = self.names(params)
@@ -148,7 +176,7 @@ class _SpecBuilder:
             raise self.err("cascade", "modify", "the score modification must be a number, not a condition")
         self.check_used(captures, modify, mask)
         return Spec(
-            name=name, description=str(self.doc.get("description", "")), source=self.loc.file,
+            name=name, description=description, source=self.loc.file,
             kv_head=kv_head, scaled=scaled, modify=modify, mask=mask, params=params, captures=captures,
         )
 
@@ -160,7 +188,7 @@ class _SpecBuilder:
         for role, decl in inputs.items():
             if role not in INPUT_ROLES:
                 raise self.err("inputs", role, f"unknown input '{role}' (inputs are q, k, v)")
-            got = tuple(str(decl).split())
+            got = tuple(self.text("inputs", role, decl, "a string of indices like 'b h m d'").split())
             for ix in got:
                 if ix not in KNOWN_INDICES:
                     raise self.err("inputs", role, f"unknown index '{ix}' (indices: {' '.join(KNOWN_INDICES)})")
@@ -184,42 +212,69 @@ class _SpecBuilder:
             raise self.err("inputs", "k", "k and v use 'hk': define it under [indices], e.g. hk = \"h // (H // HK)\"")
         scope = {"h": E.h, **E.SIZE_SYMBOLS}
         expr = parse_expression(indices["hk"], Scope(scope), self.loc.find("indices", "hk"))
-        if not isinstance(expr, sp.Expr) or expr.free_symbols - {E.h, *E.SIZE_SYMBOLS.values()}:
+        if (not isinstance(expr, sp.Expr) or expr.free_symbols - {E.h, *E.SIZE_SYMBOLS.values()}
+                or not E.integer_valued(expr)):
             raise self.err("indices", "hk", "'hk' must be an integer expression of h and sizes")
         return expr
 
     def params(self) -> dict[str, ParamDecl]:
         out: dict[str, ParamDecl] = {}
-        for name, decl in self.table("params").items():
-            if name in RESERVED or not name.isidentifier() or name.startswith("_"):
-                raise self.err("params", name, f"parameter name '{name}' is reserved or invalid")
+        table = self.table("params")
+        if len(table) > MAX_NAMES:
+            raise self.err("", "params", f"at most {MAX_NAMES} parameters")
+        for name, decl in table.items():
+            self.check_name("params", name, "parameter")
             if isinstance(decl, bool) or not isinstance(decl, (int, float, dict)):
                 raise self.err("params", name, "a parameter is a number or {type, default, doc}")
             if isinstance(decl, dict):
-                kind, default, doc = decl.get("type"), decl.get("default"), str(decl.get("doc", ""))
+                kind, default, doc = decl.get("type"), decl.get("default"), decl.get("doc", "")
             else:
                 kind, default, doc = ("int" if isinstance(decl, int) else "float"), decl, ""
             if kind not in ("int", "float") or not isinstance(default, (int, float)) or isinstance(default, bool):
                 raise self.err("params", name, "parameter needs type 'int' or 'float' and a numeric default")
+            if not isinstance(doc, str):
+                raise self.err("params", name, "a parameter's 'doc' must be a string")
             if kind == "int" and not isinstance(default, int):
                 raise self.err("params", name, f"int parameter '{name}' has non-integer default {default}")
+            if kind == "int" and not INT_PARAM_RANGE[0] <= default <= INT_PARAM_RANGE[1]:
+                raise self.err("params", name, f"int parameter '{name}': default out of the int64 range")
+            if kind == "float" and not math.isfinite(float(default)):
+                raise self.err("params", name, f"float parameter '{name}': default must be finite")
             out[name] = ParamDecl(name, kind, default if kind == "int" else float(default), doc)
         return out
 
+    def check_name(self, section: str, name: str, kind: str) -> None:
+        problem = N.name_problem(name, kind if kind == "parameter" else "capture")
+        if problem:
+            raise self.err(section, name, problem)
+
     def captures(self, params: dict[str, ParamDecl]) -> dict[str, CaptureDecl]:
         out: dict[str, CaptureDecl] = {}
-        for name, decl in self.table("captures").items():
-            if name in RESERVED or name in params or not name.isidentifier() or name.startswith("_"):
-                raise self.err("captures", name, f"capture name '{name}' is reserved, a param, or invalid")
+        table = self.table("captures")
+        if len(table) > MAX_NAMES:
+            raise self.err("", "captures", f"at most {MAX_NAMES} captured tensors")
+        for name, decl in table.items():
+            self.check_name("captures", name, "capture")
+            if name in params:
+                raise self.err("captures", name, f"capture name '{name}' is also a parameter")
             if not isinstance(decl, dict) or "dims" not in decl:
                 raise self.err("captures", name, "a capture is a table {dims = \"...\", dtype = \"...\"}")
-            dims = tuple(str(decl["dims"]).split())
-            dtype = str(decl.get("dtype", "float32"))
-            if not dims:
-                raise self.err("captures", name, "a capture needs at least one dimension")
+            dims_text, dtype, doc = decl["dims"], decl.get("dtype", "float32"), decl.get("doc", "")
+            if not all(isinstance(x, str) for x in (dims_text, dtype, doc)):
+                raise self.err("captures", name, "a capture's dims, dtype and doc are strings")
+            dims = tuple(dims_text.split())
+            if not dims or len(dims) > MAX_CAPTURE_DIMS:
+                raise self.err("captures", name, f"a capture has 1 to {MAX_CAPTURE_DIMS} dimensions")
+            if not all(N.NAME_RE.fullmatch(d) for d in dims):
+                raise self.err("captures", name, "capture dimensions are names like 'h r'")
             if dtype not in CAPTURE_DTYPES:
-                raise self.err("captures", name, f"unsupported dtype '{dtype}' ({', '.join(CAPTURE_DTYPES)})")
-            out[name] = CaptureDecl(name, dims, dtype, str(decl.get("doc", "")))
+                raise self.err("captures", name, f"unsupported dtype {dtype!r:.40} ({', '.join(CAPTURE_DTYPES)})")
+            out[name] = CaptureDecl(name, dims, dtype, doc)
+        clash = N.collisions(list(params), [(c.name, c.ndim) for c in out.values()])
+        if clash:
+            section = "captures" if clash[0] in out else "params"
+            raise self.err(section, clash[0], f"name '{clash[0]}' would define '{clash[1]}', "
+                           "which the generated code already uses")
         return out
 
     def names(self, params: dict[str, ParamDecl]) -> dict[str, sp.Basic]:
@@ -237,10 +292,7 @@ class _SpecBuilder:
         loc = self.loc.find("cascade", key)
         if not isinstance(text, str):
             raise self.err("cascade", key, f"'{key}' must be an einsum string")
-        try:
-            tree = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError as exc:
-            raise SpecError(f"syntax error: {exc.msg}", loc.at(None)) from None
+        tree = parse_tree(text, loc).body
         terms: list[ast.expr] = []
 
         def flatten(node: ast.expr) -> None:

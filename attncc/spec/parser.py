@@ -7,11 +7,17 @@ against a whitelist, and the tree is lowered node by node into the vocabulary of
 dunder names, unknown functions or names, keyword arguments, starred
 arguments, strings) is rejected with a one-line :class:`SpecError` naming the
 file, line and column.
+
+Every expression is bounded before sympy sees it (:data:`LIMITS`): its length,
+its nesting depth and node count, the size of every constant and of every
+power's exponent.  Constant powers are checked *before* they are computed, so
+``9**9**9**9`` is an error, never a hang.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -19,6 +25,22 @@ import sympy as sp
 
 from attncc.errors import SpecError
 from attncc.ir import expr as E
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one spec expression (documented in docs/spec-format.md)."""
+
+    chars: int = 2000          # characters of the expression text
+    depth: int = 40            # nesting depth of its syntax tree
+    nodes: int = 500           # nodes of its syntax tree
+    int_bits: int = 63         # |integer constant| < 2**63 (the kernel's widest integer)
+    rational_bits: int = 128   # numerator and denominator of an exact fraction
+    float_max: float = 1.7976931348623157e308  # finite float64
+    exponent: int = 64         # |constant exponent| of a power of a non-constant base
+
+
+LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,12 @@ def _as_bool(x: sp.Basic) -> sp.Basic:
     raise TypeError("expected a condition (comparison or boolean)")
 
 
+def _as_number(x: sp.Basic) -> sp.Expr:
+    if isinstance(x, sp.Expr):
+        return x
+    raise TypeError("expected a number, got a condition (use where(c, a, b) to turn one into a number)")
+
+
 class _Lowering:
     """Lowers one whitelisted Python expression tree to sympy."""
 
@@ -117,11 +145,21 @@ class _Lowering:
         if method is None:
             raise self.fail(node, f"'{_describe(node)}' is not allowed in a spec expression")
         try:
-            return method(node)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, SpecError):
-                raise
-            raise self.fail(node, str(exc).split("\n")[0]) from None
+            out = method(node)
+        except SpecError:
+            raise
+        except ZeroDivisionError:
+            raise self.fail(node, "division or modulo by zero") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise self.fail(node, str(exc).split("\n")[0] or type(exc).__name__) from None
+        return self.bounded(node, out)
+
+    def bounded(self, node: ast.AST, e: sp.Basic) -> sp.Basic:
+        """``e`` if every constant in it is within :data:`LIMITS`, else a ``SpecError`` at ``node``."""
+        problem = constant_problem(e)
+        if problem:
+            raise self.fail(node, problem)
+        return e
 
     def visit_Expression(self, node: ast.Expression) -> sp.Basic:
         return self(node.body)
@@ -131,9 +169,11 @@ class _Lowering:
         if isinstance(v, bool):
             return sp.true if v else sp.false
         if isinstance(v, int):
+            if abs(v).bit_length() > LIMITS.int_bits:
+                raise self.fail(node, f"integer constant out of range (|x| < 2**{LIMITS.int_bits})")
             return sp.Integer(v)
         if isinstance(v, float):
-            return sp.Float(v)
+            return sp.oo if v == math.inf else sp.Float(v)
         raise self.fail(node, f"constant {v!r} is not a number")
 
     def visit_Name(self, node: ast.Name) -> sp.Basic:
@@ -151,15 +191,23 @@ class _Lowering:
     def visit_BinOp(self, node: ast.BinOp) -> sp.Basic:
         op = _BINOPS.get(type(node.op))
         if op is None:
-            raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
-        return op(self(node.left), self(node.right))
+            raise self.fail(node, f"operator {_OP_SPELLING.get(type(node.op), type(node.op).__name__)} "
+                            "is not allowed")
+        a, b_ = self(node.left), self(node.right)
+        if not isinstance(node.op, (ast.BitAnd, ast.BitOr)):
+            a, b_ = _as_number(a), _as_number(b_)
+        if isinstance(node.op, ast.Pow):
+            problem = power_problem(a, b_)
+            if problem:
+                raise self.fail(node, problem)
+        return op(a, b_)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> sp.Basic:
         x = self(node.operand)
         if isinstance(node.op, ast.USub):
-            return -x
+            return -_as_number(x)
         if isinstance(node.op, ast.UAdd):
-            return x
+            return _as_number(x)
         if isinstance(node.op, (ast.Not, ast.Invert)):
             return sp.Not(_as_bool(x))
         raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
@@ -169,7 +217,7 @@ class _Lowering:
         return sp.And(*vals) if isinstance(node.op, ast.And) else sp.Or(*vals)
 
     def visit_Compare(self, node: ast.Compare) -> sp.Basic:
-        terms = [self(node.left)] + [self(c) for c in node.comparators]
+        terms = [_as_number(self(node.left))] + [_as_number(self(c)) for c in node.comparators]
         parts = []
         for op, lhs, rhs in zip(node.ops, terms[:-1], terms[1:], strict=True):
             fn = _CMPOPS.get(type(op))
@@ -179,7 +227,7 @@ class _Lowering:
         return sp.And(*parts)
 
     def visit_IfExp(self, node: ast.IfExp) -> sp.Basic:
-        return E.where(_as_bool(self(node.test)), self(node.body), self(node.orelse))
+        return E.where(_as_bool(self(node.test)), _as_number(self(node.body)), _as_number(self(node.orelse)))
 
     def visit_Call(self, node: ast.Call) -> sp.Basic:
         if not isinstance(node.func, ast.Name):
@@ -194,7 +242,9 @@ class _Lowering:
             raise self.fail(node, f"{name}() takes {arity} argument(s), got {len(node.args)}")
         args = [self(a) for a in node.args]
         if name == "where":
-            args[0] = _as_bool(args[0])
+            args = [_as_bool(args[0]), _as_number(args[1]), _as_number(args[2])]
+        else:
+            args = [_as_number(a) for a in args]
         return build(*args)
 
     def visit_Subscript(self, node: ast.Subscript) -> sp.Basic:
@@ -207,7 +257,84 @@ class _Lowering:
         want = self.scope.tensors[name]
         if len(idx) != want:
             raise self.fail(node, f"'{name}' has {want} index(es), indexed with {len(idx)}")
-        return E.load(name, *[self(i) for i in idx], integer=name in self.scope.int_tensors)
+        args = [self(i) for i in idx]
+        for i, a in zip(idx, args, strict=True):
+            if not E.integer_valued(a):
+                raise self.fail(i, f"an index of '{name}' must be an integer expression (use // for division)")
+        return E.load(name, *args, integer=name in self.scope.int_tensors)
+
+
+_OP_SPELLING = {ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.MatMult: "@"}
+
+
+def _numeric_value(e: sp.Expr) -> float | None:
+    """|e| as a float for a real constant (inf when beyond float64), None when not real."""
+    try:
+        v = complex(e.evalf(20))
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    if v.imag != 0 or math.isnan(v.real):
+        return None
+    return abs(v.real)
+
+
+def constant_problem(e: sp.Basic) -> str | None:
+    """Why a constant in ``e`` is out of bounds (too large, complex, division by zero), or None."""
+    walk = sp.preorder_traversal(e)
+    for x in walk:
+        if x is sp.zoo:
+            return "division by zero (the expression is undefined)"
+        if x is sp.I:
+            return "the expression has a complex value"
+        if isinstance(x, sp.Pow) and (problem := power_problem(*x.args)):
+            return problem
+        if not (isinstance(x, sp.Expr) and x.is_number) or x in (sp.oo, -sp.oo, sp.nan):
+            continue
+        if x.is_Integer:
+            if abs(int(x)).bit_length() > LIMITS.int_bits:
+                return f"integer constant out of range (|x| < 2**{LIMITS.int_bits})"
+        elif x.is_Rational:
+            if max(abs(x.p), x.q).bit_length() > LIMITS.rational_bits:
+                return "fraction with too many digits"
+        else:
+            if x.has(sp.zoo, sp.I):
+                continue  # reported when the walk reaches it
+            v = _numeric_value(x)
+            if v is None or v > LIMITS.float_max:
+                return "constant out of range (complex, undefined, or beyond float64)"
+            walk.skip()  # a bounded constant: its parts were bounded when they were built
+    return None
+
+
+def power_problem(base: sp.Basic, ex: sp.Basic) -> str | None:
+    """Why ``base ** ex`` must not be built, or None.  Checked before sympy computes it."""
+    if not (isinstance(base, sp.Expr) and isinstance(ex, sp.Expr)):
+        return None
+    if ex.is_number:
+        if ex in (sp.oo, -sp.oo, sp.nan, sp.zoo):
+            return "the exponent of a power must be finite"
+        ve = _numeric_value(ex)
+        if ve is None:
+            return "the exponent of a power must be a real number"
+        if base.is_number:
+            vb = _numeric_value(base)
+            if vb is None:
+                return "the base of a power must be a real number"
+            if vb not in (0.0, 1.0) and ve * abs(math.log2(vb)) > 1100:
+                return "constant power out of range (the result would exceed float64)"
+            return None
+        if ve > LIMITS.exponent:
+            return f"exponent out of range (|exponent| <= {LIMITS.exponent} for a non-constant base)"
+        return None
+    if base.is_number:
+        vb = _numeric_value(base)
+        if vb is None or base in (sp.oo, -sp.oo, sp.nan):
+            return "the base of a power must be a finite real number"
+        if vb == 0.0:
+            return "a power of 0 needs a constant exponent"
+        if base.is_negative and not ex.is_integer:
+            return f"a negative base ({base}) needs an integer exponent (the result would be complex)"
+    return None
 
 
 def _describe(node: ast.AST) -> str:
@@ -219,16 +346,42 @@ def _describe(node: ast.AST) -> str:
 
 def parse_expression(text: str, scope: Scope, loc: Location) -> sp.Basic:
     """Parse one spec expression into sympy, or raise a one-line ``SpecError``."""
+    tree = parse_tree(text, loc)
+    out = _Lowering(scope, loc)(tree)
+    E.check_vocabulary(out, loc.at(None))
+    return out
+
+
+def parse_tree(text: object, loc: Location) -> ast.Expression:
+    """``ast.parse`` of one bounded, one-line expression; every failure is a ``SpecError``."""
     if not isinstance(text, str):
         raise SpecError("expected an expression string", loc.at(None))
-    if "\n" in text.strip():
+    if len(text) > LIMITS.chars:
+        raise SpecError(f"expression too long ({len(text)} characters, at most {LIMITS.chars})", loc.at(None))
+    if "\n" in text.strip() or "\r" in text.strip():
         raise SpecError("an expression must fit on one line", loc.at(None))
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        col = (exc.offset or 1) - 1
-        node = ast.Constant(0, lineno=1, col_offset=col)
+        col = (exc.offset or 1) - 1 if exc.lineno in (None, 1) else 0
+        node = ast.Constant(0, lineno=1, col_offset=max(col, 0))
         raise SpecError(f"syntax error: {exc.msg}", loc.at(node)) from None
-    out = _Lowering(scope, loc)(tree)
-    E.check_vocabulary(out, loc.at(None))
-    return out
+    except (ValueError, RecursionError, MemoryError) as exc:
+        msg = "nested too deeply" if isinstance(exc, (RecursionError, MemoryError)) else str(exc)
+        raise SpecError(f"syntax error: {msg}", loc.at(None)) from None
+    _check_size(tree, loc)
+    return tree
+
+
+def _check_size(tree: ast.Expression, loc: Location) -> None:
+    """Depth and node count of the syntax tree, without recursion."""
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if depth > LIMITS.depth:
+            raise SpecError(f"expression nested too deeply (at most {LIMITS.depth} levels)", loc.at(node))
+        if count > LIMITS.nodes:
+            raise SpecError(f"expression too large (at most {LIMITS.nodes} syntax nodes)", loc.at(None))
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
