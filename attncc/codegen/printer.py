@@ -155,6 +155,14 @@ class TritonPrinter(StrPrinter):
         return f"({self.p(e)} * 1.0)" if e.is_integer else self.p(e)
 
     def _print_Pow(self, e: sp.Pow) -> str:
+        text = self._print_real_pow(e)
+        # An integer to a non-negative integer power is an integer (2 ** k in torch): exp/log leave it
+        # a few ulps off, so round back to the exact value (exact up to 2**24 in fp32).
+        if e.is_integer and not e.exp.is_Integer and not text.startswith("(1.0 / "):
+            return f"tl.floor({text} + 0.5)"
+        return text
+
+    def _print_real_pow(self, e: sp.Pow) -> str:
         base, ex = e.args
         if base.is_number:  # c ** x = exp(log(c) * x); for c < 0 only integer x (sign from its parity)
             if base.is_positive:

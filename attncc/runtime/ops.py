@@ -508,7 +508,7 @@ _ALIASES: dict[str, str | Callable[..., Any]] = {
     "greater": "gt", "greater_equal": "ge", "less": "lt", "less_equal": "le", "not_equal": "ne",
     "rsub": _sym_binary(lambda a, b: b - a),
     "pow": _sym_binary(lambda a, b: a ** b), "__pow__": _sym_binary(lambda a, b: a ** b),
-    "__rpow__": _sym_binary(lambda a, b: b ** a),
+    "__rpow__": _sym_binary(lambda a, b: b ** a),  # Sym.__pow__: torch's integer-power rule
     "__rfloordiv__": _sym_binary(lambda a, b: b // a), "__rmod__": _sym_binary(lambda a, b: b % a),
     "__rdiv__": _sym_binary(lambda a, b: b / a),
     "__rand__": _sym_binary(lambda a, b: b & a), "__ror__": _sym_binary(lambda a, b: b | a),

@@ -89,8 +89,8 @@ class Sym:
     def __rfloordiv__(self, o: Any) -> Sym: return Sym(sp.floor(_ex(o) / self.e))
     def __mod__(self, o: Any) -> Sym: return Sym(sp.Mod(self.e, _ex(o)))
     def __rmod__(self, o: Any) -> Sym: return Sym(sp.Mod(_ex(o), self.e))
-    def __pow__(self, o: Any) -> Sym: return Sym(self.e ** _ex(o))
-    def __rpow__(self, o: Any) -> Sym: return Sym(_ex(o) ** self.e)
+    def __pow__(self, o: Any) -> Sym: return Sym(_power(self.e, _ex(o)))
+    def __rpow__(self, o: Any) -> Sym: return Sym(_power(_ex(o), self.e))
     def __neg__(self) -> Sym: return Sym(-self.e)
     def __pos__(self) -> Sym: return self
     def __abs__(self) -> Sym: return Sym(sp.Abs(self.e))
@@ -178,6 +178,16 @@ def _mod_loc() -> str:
 
 def _unsupported(op: str, *args: Any, **kwargs: Any) -> Sym:
     raise SpecError(_UNSUPPORTED[op], _mod_loc())
+
+
+def _power(base: sp.Basic, ex: sp.Basic) -> sp.Basic:
+    """``base ** ex`` with torch's meaning: an integer to a negative integer power is an integer
+    in torch (``2 ** -1 == 0``), not a fraction, so an integer exponent that may be negative on an
+    integer base is refused rather than given float semantics."""
+    if base.is_integer and ex.is_integer and not ex.is_nonnegative:
+        raise SpecError("integer ** integer with an exponent that may be negative is an integer in torch "
+                        "(2 ** -1 == 0); write a float base (2.0 ** x) or clamp the exponent at 0", _mod_loc())
+    return base ** ex
 
 
 def _ex(x: Any) -> sp.Basic:

@@ -146,6 +146,14 @@ def shift_mod(score, b, h, q_idx, kv_idx):
     return score + (q_idx >> 1)
 
 
+def int_power_mod(score, b, h, q_idx, kv_idx):
+    return score + 2 ** (q_idx - kv_idx)  # torch: an integer, 0 for negative exponents
+
+
+def float_power_mod(score, b, h, q_idx, kv_idx):
+    return score + 0.01 * 2 ** torch.clamp(q_idx - kv_idx, 0, 20) - 0.5 ** (kv_idx - q_idx).abs()
+
+
 def torch_xor_mask(b, h, q_idx, kv_idx):
     return torch.bitwise_xor(q_idx >= kv_idx, kv_idx < 3)
 
@@ -233,6 +241,8 @@ CASES = [
     pytest.param(Fails(attncc.SpecError, "xor", in_flex(mask=xor_mask)), id="xor-in-mask-mod"),
     pytest.param(Fails(attncc.SpecError, "xor", in_flex(mask=torch_xor_mask)), id="torch-bitwise-xor"),
     pytest.param(Fails(attncc.SpecError, "shift", in_flex(score_mod=shift_mod)), id="shift-in-score-mod"),
+    pytest.param(Fails(attncc.SpecError, "negative", in_flex(score_mod=int_power_mod)), id="int-power-negative"),
+    pytest.param(Torch(lambda api, dt: flex(api, dt, score_mod=float_power_mod)), id="int-power-nonnegative"),
 ]
 
 
