@@ -206,9 +206,9 @@ def attention_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     """Backward kernels of spec ``key``: dq, dk, dv (input dtype) and, for each capture flagged in
     ``capture_grads``, its gradient (capture's dtype and shape).  Deterministic.
 
-    A gradient ``dlse`` of the lse output is folded into the same kernels: with ``v' = [v, 1]``,
-    ``o' = [o, 0]`` and ``do' = [do, dlse]``, ``dp' = dp + dlse`` while ``rowsum(do' * o')`` is
-    unchanged, so ``ds = p * (dp + dlse - rowsum(do * o))``, the exact gradient of both outputs.
+    A gradient ``dlse`` of the lse output goes to the kernels' per-row term,
+    ``ds = p * (dp - (rowsum(do * o) - dlse))``, the exact gradient of both outputs; the kernels
+    run at the value head dim either way.
     """
     if host.is_empty(q, k):  # o does not depend on anything: every gradient is 0
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
@@ -216,19 +216,14 @@ def attention_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
     module = kernel_module(key)
     caps = _capture_dict(module, captures)
     wanted = [name for name, want in zip(caps, capture_grads, strict=True) if want]
-    E = v.shape[3]
     config = _launch_config(key, "bwd", config_keys, config_values, q, k, v)
-    if dlse is not None:
-        v = torch.cat([v, v.new_ones(v.shape[:3] + (1,))], dim=3)
-        o = torch.cat([o, o.new_zeros(o.shape[:3] + (1,))], dim=3)
-        do = torch.cat([do, dlse.to(do.dtype).unsqueeze(3)], dim=3)
     dq, dk, dv, grads = module.attention_backward(
-        q, k, v, o, lse, do, scale=scale, config=config, captures=caps,
+        q, k, v, o, lse, do, dlse=dlse, scale=scale, config=config, captures=caps,
         capture_grads=tuple(wanted), **_param_dict(module, params))
     # A capture read only by the mask (or not at all) has a zero gradient: the mask is piecewise constant.
     dcaps = [(grads[name] if name in grads else torch.zeros(caps[name].shape, device=q.device))
              .to(caps[name].dtype).contiguous() for name in wanted]
-    return dq.contiguous(), dk.contiguous(), dv[..., :E].contiguous(), dcaps
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dcaps
 
 
 @attention_bwd.register_fake
