@@ -164,7 +164,7 @@ def render(g: nx.DiGraph, source_key: str) -> str:
             helper_src.append(_load_helper(cap.name, cap.ndim))
         else:
             helper_src.append(HELPERS[name])
-    gqa = ("    if q.shape[1] % k.shape[1]:\n        raise ValueError(f\"GQA needs H ({q.shape[1]}) divisible by HK ({k.shape[1]})\")"
+    gqa = ("    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:\n        raise ValueError(f\"GQA needs H ({q.shape[1]}) divisible by HK ({k.shape[1]})\")"
            if spec.is_gqa else
            "    if q.shape[1] != k.shape[1]:\n        raise ValueError(f\"q has {q.shape[1]} heads but k/v have {k.shape[1]}; "
            "this spec has no grouped-query head map\")")
