@@ -68,9 +68,27 @@ def _verify_node(g: nx.DiGraph, node: str, d: dict, params: set[sp.Symbol]) -> N
         for key in ("update", "finalize", "merge"):
             if not isinstance(d[key], dict) or not d[key]:
                 raise IRError(f"online_softmax '{node}': '{key}' must be a non-empty rule table")
+        _verify_merge(node, tuple(d["state"]), d["merge"])
     elif op == "scan":
         if not d["state"]:
             raise IRError(f"scan '{node}' carries no state")
+
+
+def _verify_merge(node: str, state: tuple[str, ...], rule: dict[str, sp.Basic]) -> None:
+    """The merge rule is pairwise (inputs ``<s>_a``, ``<s>_b``), defines every state component,
+    uses only inputs and earlier entries by name, and no uninterpreted function (so it prints)."""
+    known = {f"{s}_{side}" for s in state for side in "ab"}
+    for key, expr in rule.items():
+        unknown = {str(s) for s in expr.free_symbols} - known
+        if unknown:
+            raise IRError(f"online_softmax '{node}': merge entry '{key}' uses {sorted(unknown)}")
+        undefined = expr.atoms(sp.core.function.AppliedUndef)
+        if undefined:
+            raise IRError(f"online_softmax '{node}': merge entry '{key}' uses {sorted(map(str, undefined))}")
+        known.add(key)
+    missing = [s for s in state if s not in rule]
+    if missing:
+        raise IRError(f"online_softmax '{node}': merge does not define {missing}")
 
 
 def _load_names(expr: sp.Basic) -> set[sp.Basic]:

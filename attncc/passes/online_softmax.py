@@ -35,10 +35,22 @@ UPDATE = {
 }
 FINALIZE = {"O": sp.Piecewise((acc / l_, l_ > 0), (0, True)),
             "LSE": sp.Piecewise((m_ + sp.log(l_), l_ > 0), (-sp.oo, True))}
-# Merging partial states i = 1..k (split reductions): m = max m_i, l = sum e^(m_i-m) l_i, ...
-m_i, l_i, acc_i, m_all = sp.symbols("m_i l_i acc_i m_all", real=True)
-MERGE = {"m": sp.Function("max_i")(m_i), "l": sp.Function("sum_i")(sp.exp(m_i - m_all) * l_i),
-         "acc": sp.Function("sum_i")(sp.exp(m_i - m_all) * acc_i)}
+# Merging two partial states a and b of a split reduction (pairwise; fold it over any number of
+# parts, in any order).  Units: natural log, the units of FINALIZE's LSE (the forward kernel's own
+# loop keeps m in log2 units; a partial state is converted before merging).  An empty part is
+# (m, l, acc) = (-oo, 0, 0); ``m_shift`` replaces m = -oo (both parts empty) by 0 so that no
+# exp(-oo - (-oo)) is formed.  Each entry may use the inputs and the entries before it, by name;
+# rows of ``acc`` broadcast against the per-row m and l.  (m, l, acc) = (lse, 1, o) is also a
+# valid state, so finalised partial outputs merge with the same rule.
+m_a, m_b, m_merged = sp.symbols("m_a m_b m", extended_real=True)
+l_a, l_b, acc_a, acc_b, m_shift = sp.symbols("l_a l_b acc_a acc_b m_shift", real=True)
+MERGE_INPUTS: tuple[sp.Symbol, ...] = (m_a, l_a, acc_a, m_b, l_b, acc_b)
+MERGE = {
+    "m": sp.Max(m_a, m_b),
+    "m_shift": sp.Piecewise((m_merged, m_merged > -sp.oo), (0, True)),
+    "l": sp.exp(m_a - m_shift) * l_a + sp.exp(m_b - m_shift) * l_b,
+    "acc": sp.exp(m_a - m_shift) * acc_a + sp.exp(m_b - m_shift) * acc_b,
+}
 
 
 def _match(g: nx.DiGraph) -> bool:

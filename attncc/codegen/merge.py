@@ -1,0 +1,168 @@
+"""Print the online-softmax merge and finalize rules stored on the IR node.
+
+The ``online_softmax`` node carries ``merge`` (two partial states ``a``, ``b`` -> one) and
+``finalize`` (state -> ``O``, ``LSE``) as ordered sympy rule tables; an entry names the inputs
+and the entries before it by symbol name.  :func:`merge_source` prints both as ``@triton.jit``
+functions through :class:`~attncc.codegen.printer.TritonPrinter`; :func:`merge_states_torch` and
+:func:`finalize_state_torch` evaluate the same tables with torch operations for host-side merges.
+States are per query row: ``m`` and ``l`` have shape ``[R]``, ``acc`` has ``[R, E]``; in an entry
+whose value is as wide as ``acc``, the per-row values broadcast along the last axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import networkx as nx
+import sympy as sp
+import torch
+
+from attncc.codegen.printer import TritonPrinter
+
+# Entries and symbols with a value axis (``acc`` and its ``_a``/``_b`` inputs, the output ``O``).
+WIDE: frozenset[str] = frozenset({"acc", "O"})
+
+MERGE_ARGS: tuple[str, ...] = ("m_a", "l_a", "acc_a", "m_b", "l_b", "acc_b")
+FINALIZE_ARGS: tuple[str, ...] = ("m", "l", "acc")
+
+
+def _is_wide(name: str) -> bool:
+    return name in WIDE or any(name.startswith(f"{w}_") for w in WIDE)
+
+
+def _node(g: nx.DiGraph) -> dict:
+    for _name, d in g.nodes(data=True):
+        if d["op"] == "online_softmax":
+            return d
+    raise ValueError("the lowered IR has no online_softmax node")
+
+
+def _no_load(_ld: sp.Basic, _pr: TritonPrinter) -> str:
+    raise KeyError("a softmax state rule loads no tensor")
+
+
+def _print_rules(rule: dict[str, sp.Basic], args: tuple[str, ...]) -> list[str]:
+    """One assignment per rule entry, in order."""
+    lines = []
+    for key, expr in rule.items():
+        wide = _is_wide(key)
+        names = {s: f"{s.name}[:, None]" if wide and not _is_wide(s.name) else s.name for s in expr.free_symbols}
+        unknown = {s.name for s in names} - set(args) - set(rule)
+        if unknown:
+            raise KeyError(f"rule entry '{key}' uses {sorted(unknown)}")
+        lines.append(f"    {key} = {TritonPrinter(names, _no_load).doprint(expr)}")
+    return lines
+
+
+def _function(name: str, doc: str, rule: dict[str, sp.Basic], args: tuple[str, ...], out: tuple[str, ...]) -> str:
+    body = _print_rules(rule, args)
+    return "\n".join([
+        "@triton.jit",
+        f"def {name}({', '.join(args)}):",
+        f'    """{doc}"""',
+        *body,
+        f"    return {', '.join(out)}",
+        "",
+    ])
+
+
+def merge_source(g: nx.DiGraph) -> str:
+    """``_merge_state`` and ``_finalize_state`` as Triton source, printed from the node's rules."""
+    d = _node(g)
+    state = tuple(d["state"])
+    merge = _function("_merge_state", "Merge partial softmax states a and b (natural-log m).",
+                      d["merge"], MERGE_ARGS, state)
+    final = _function("_finalize_state", "Output and log-sum-exp of a softmax state (natural-log m).",
+                      d["finalize"], FINALIZE_ARGS, tuple(d["finalize"]))
+    return merge + "\n\n" + final
+
+
+def _eval(expr: sp.Basic, env: dict[str, torch.Tensor], wide: bool) -> torch.Tensor | float | bool:
+    """``expr`` evaluated with torch operations; symbols are read from ``env`` by name."""
+    if isinstance(expr, sp.Symbol):
+        value = env[expr.name]
+        return value if not wide or _is_wide(expr.name) else value[..., None]
+    if expr is sp.S.NegativeInfinity:
+        return float("-inf")
+    if expr is sp.S.Infinity:
+        return float("inf")
+    if expr is sp.true:
+        return True
+    if isinstance(expr, sp.Number):
+        return float(expr)
+    args = [_eval(a, env, wide) for a in expr.args] if not isinstance(expr, sp.Piecewise) else []
+    op = _OPS.get(type(expr))
+    if op is not None:
+        return op(args)
+    if isinstance(expr, sp.Piecewise):
+        return _piecewise(expr, env, wide)
+    raise KeyError(f"no torch form for {type(expr).__name__} in a softmax state rule")
+
+
+def _tensor(x: torch.Tensor | float | bool, like: torch.Tensor | float | bool) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    ref = like if isinstance(like, torch.Tensor) else torch.tensor(0.0, dtype=torch.float64)
+    return torch.full_like(ref, x, dtype=ref.dtype) if not isinstance(x, bool) else torch.tensor(x)
+
+
+def _piecewise(expr: sp.Piecewise, env: dict[str, torch.Tensor], wide: bool) -> torch.Tensor:
+    *pairs, last = expr.args
+    out = _eval(last.expr, env, wide) if last.cond is sp.true else float("nan")
+    if last.cond is not sp.true:
+        pairs = [*pairs, last]
+    for value, cond in reversed(pairs):
+        v = _eval(value, env, wide)
+        out = torch.where(_tensor(_eval(cond, env, wide), v), _tensor(v, out), _tensor(out, v))
+    return out
+
+
+def _fold(fn: Callable[[object, object], object]) -> Callable[[list], object]:
+    def run(args: list) -> object:
+        out = args[0]
+        for a in args[1:]:
+            out = fn(out, a)
+        return out
+    return run
+
+
+def _pow(args: list) -> object:
+    base, ex = args
+    return 1.0 / base if ex == -1.0 else base**ex
+
+
+_OPS: dict[type, Callable[[list], object]] = {
+    sp.Add: _fold(lambda a, b: a + b),
+    sp.Mul: _fold(lambda a, b: a * b),
+    sp.Pow: _pow,
+    sp.exp: lambda a: torch.exp(a[0]),
+    sp.log: lambda a: torch.log(a[0]),
+    sp.Max: _fold(lambda a, b: torch.maximum(_tensor(a, b), _tensor(b, a))),
+    sp.Min: _fold(lambda a, b: torch.minimum(_tensor(a, b), _tensor(b, a))),
+    sp.StrictGreaterThan: lambda a: a[0] > a[1],
+    sp.GreaterThan: lambda a: a[0] >= a[1],
+    sp.StrictLessThan: lambda a: a[0] < a[1],
+    sp.LessThan: lambda a: a[0] <= a[1],
+}
+
+
+def _apply(rule: dict[str, sp.Basic], env: dict[str, torch.Tensor], out: tuple[str, ...]) -> tuple:
+    env = dict(env)
+    for key, expr in rule.items():
+        env[key] = _tensor(_eval(expr, env, _is_wide(key)), next(iter(env.values())))
+    return tuple(env[k] for k in out)
+
+
+def merge_states_torch(g: nx.DiGraph, m_a: torch.Tensor, l_a: torch.Tensor, acc_a: torch.Tensor,
+                       m_b: torch.Tensor, l_b: torch.Tensor, acc_b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The merged state ``(m, l, acc)`` of two partial states, by the node's merge rule."""
+    d = _node(g)
+    env = dict(zip(MERGE_ARGS, (m_a, l_a, acc_a, m_b, l_b, acc_b), strict=True))
+    return _apply(d["merge"], env, tuple(d["state"]))
+
+
+def finalize_state_torch(g: nx.DiGraph, m: torch.Tensor, l: torch.Tensor,  # noqa: E741 - the rule's name
+                         acc: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(O, LSE)`` of a state, by the node's finalize rule."""
+    d = _node(g)
+    return _apply(d["finalize"], dict(zip(FINALIZE_ARGS, (m, l, acc), strict=True)), tuple(d["finalize"]))
