@@ -143,10 +143,10 @@ def test_triton_merge_matches_dense_softmax(g: nx.DiGraph, dtype: torch.dtype, p
     module = cache.execute(f"test_merge_{str(dtype)[6:]}", text)
     s, v, cuts = _case(dtype, parts, 7)
     states = _states(s, v, cuts)
-    m, l, acc = (torch.stack([st[i] for st in states]).contiguous() for i in range(3))
+    m, sums, acc = (torch.stack([st[i] for st in states]).contiguous() for i in range(3))
     o = torch.full((R, E), float("nan"), dtype=dtype)
     lse = torch.full((R,), float("nan"), dtype=dtype)
-    module._fold_kernel[(1,)](m, l, acc, o, lse, K=parts, ROWS=R, COLS=E, RP=8, CP=8)
+    module._fold_kernel[(1,)](m, sums, acc, o, lse, K=parts, ROWS=R, COLS=E, RP=8, CP=8)
     _check("o", o, s, v, 0)
     _check("lse", lse, s, v, 1)
 
