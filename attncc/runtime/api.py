@@ -7,7 +7,7 @@ content hash; tensors are validated in :mod:`attncc.runtime.ops` with one-line :
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,21 +46,6 @@ class CompiledAttention:
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.spec.name!r}, key={self.generated.key})"
-
-    def split_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        caps, params = {}, {}
-        for key, val in kwargs.items():
-            if key in self.spec.captures:
-                caps[key] = val
-            elif key in self.spec.params:
-                params[key] = val
-            else:
-                known = sorted([*self.spec.captures, *self.spec.params])
-                raise InputError(f"{self.spec.name}: unknown argument '{key}' (expected one of {known})")
-        missing = [c for c in self.spec.captures if c not in caps]
-        if missing:
-            raise InputError(f"{self.spec.name}: missing captured tensor(s) {missing}")
-        return caps, params
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                  return_lse: bool = False, config: dict[str, int] | None = None,
