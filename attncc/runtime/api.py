@@ -61,7 +61,7 @@ class CompiledAttention:
         N, E = k.shape[2], v.shape[3]
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[q.dtype]
         default = self.module.default_config(max(D, E), kind)
-        return lookup_config(self.spec.content_hash, kind, (B, H, max(M, 1), max(N, 1), D, E), dtype, default)
+        return lookup_config(self.spec.tuning_hash, kind, (B, H, max(M, 1), max(N, 1), D, E), dtype, default)
 
 
 def compile_spec(spec: Spec) -> CompiledAttention:

@@ -26,7 +26,7 @@ class SpecTunable:
             raise InputError(f"kernel kind '{kind}' does not exist for softmax specs (fwd, bwd)")
         self.fn = fn
         self.kind = kind
-        self.spec_hash = fn.spec.content_hash
+        self.spec_hash = fn.spec.tuning_hash
         self.spec_name = fn.spec.name
 
     def space(self) -> ConfigSpace:

@@ -102,5 +102,13 @@ class Spec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
+    def tuning_hash(self) -> str:
+        """sha256 of what shapes the kernels' speed: the canonical form without the description
+        (which is only printed into the module), so tuned configs are shared across descriptions."""
+        data = {k: v for k, v in self.canonical().items() if k != "description"}
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
     def is_gqa(self) -> bool:
         return self.kv_head != E.h

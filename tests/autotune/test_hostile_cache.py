@@ -407,7 +407,7 @@ def test_kernel_runs_correctly_with_a_poisoned_cache(tmp_path: Path, monkeypatch
     fn = attncc.load("causal")
     url = f"sqlite:///{tmp_path / 'poisoned.db'}"
     monkeypatch.setenv("ATTNCC_STORAGE", url)
-    key = TuneKey.for_shape(fn.spec.content_hash, "fwd", Shape.of(B, H, M, N, D), "fp32")
+    key = TuneKey.for_shape(fn.spec.tuning_hash, "fwd", Shape.of(B, H, M, N, D), "fp32")
     with TuningCache(url) as cache:
         cache.put(CacheEntry(key, "causal", SMALL, 1.0, shape="probe"))
     generator = torch.Generator().manual_seed(0)

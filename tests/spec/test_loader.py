@@ -143,6 +143,8 @@ def test_content_hash_follows_the_expressions() -> None:
     assert a.content_hash == b.content_hash
     assert a.content_hash != c.content_hash
     assert a.content_hash != d.content_hash, "the description is printed into the module: it is part of the key"
+    assert a.tuning_hash == d.tuning_hash, "tuned configs do not depend on the description"
+    assert a.tuning_hash != c.tuning_hash
 
 
 # --- malformed specs -----------------------------------------------------------------------------------
