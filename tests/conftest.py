@@ -16,6 +16,10 @@ from hypothesis import configuration as _hypothesis_config
 # Hypothesis keeps example databases and constant caches in its home directory (default: ./.hypothesis);
 # tests write only to temporary directories.
 _hypothesis_config.set_hypothesis_home_dir(tempfile.mkdtemp(prefix="attncc-hypothesis-"))
+# Kernel copies and the tuning cache go to a private temporary directory whatever command runs the
+# tests (never the user's ~/.cache/attncc or a team's tuning database named by ATTNCC_STORAGE).
+os.environ["ATTNCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="attncc-test-cache-")
+os.environ.pop("ATTNCC_STORAGE", None)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
