@@ -11,7 +11,7 @@ import json
 import statistics
 import time
 
-from attncc.codegen.prefill import render
+from attncc.schedules.prefill.render import render
 from attncc.passes import lower
 from attncc.spec.loader import library, load_file
 

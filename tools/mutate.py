@@ -38,11 +38,11 @@ IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache"
                                  ".venv", "venv", "results")
 
 PRINTER = "attncc/codegen/printer.py"
-FWD = "attncc/codegen/templates/prefill_fwd.py.tmpl"
-BWD = "attncc/codegen/templates/prefill_bwd.py.tmpl"
+FWD = "attncc/schedules/prefill/templates/prefill_fwd.py.tmpl"
+BWD = "attncc/schedules/prefill/templates/prefill_bwd.py.tmpl"
 LOOPS = "attncc/codegen/loops.py"
 ANALYSIS = "attncc/passes/mask_analysis.py"
-BACKWARD = "attncc/codegen/backward.py"
+BACKWARD = "attncc/schedules/prefill/backward.py"
 
 FLEX = "tests/runtime/test_flex.py"
 EDGE = "tests/runtime/test_edge_cases.py"

@@ -169,7 +169,7 @@ def validate_config(kind: str, config: object, space: ConfigSpace | None = None)
 def _kernel_default(kind: str, head_dim: int) -> Config:
     """The generated modules' own defaults (one table: attncc.codegen.prefill.DEFAULT_CONFIGS),
     verified to compile without spills on sm_90 at head dims 64 and 128."""
-    from attncc.codegen.prefill import DEFAULT_CONFIGS
+    from attncc.schedules.prefill.render import DEFAULT_CONFIGS
 
     table = DEFAULT_CONFIGS[kind]
     bound = min((b for b in table if head_dim <= b), default=max(table))

@@ -9,7 +9,7 @@ from types import ModuleType
 import networkx as nx
 
 from attncc.codegen import cache
-from attncc.codegen.prefill import render, schedule_templates
+from attncc.schedules.prefill.render import render, schedule_templates
 from attncc.ir import expr as E
 from attncc.passes import lower
 from attncc.spec.model import Spec

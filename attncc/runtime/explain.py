@@ -10,7 +10,7 @@ import networkx as nx
 import sympy as sp
 import torch
 
-from attncc.codegen.prefill import DEFAULT_CONFIGS
+from attncc.schedules.prefill.render import DEFAULT_CONFIGS
 from attncc.errors import InputError
 from attncc.ir import expr as E
 from attncc.ir.build import build_cascade

@@ -15,7 +15,7 @@ from pathlib import Path
 import networkx as nx
 import sympy as sp
 
-from attncc.codegen.backward import backward_hooks as _backward_hooks
+from attncc.schedules.prefill.backward import backward_hooks as _backward_hooks
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.loops import segments_code as _segments
 from attncc.codegen.loops import tile_shaped
