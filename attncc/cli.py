@@ -138,7 +138,7 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool
     from attncc.runtime.explain import format_explain
 
     fn = load(spec)
-    info = run_explain(fn.generated.graph, parse_shape(shape), _checked_params(fn.spec, parse_params(params)))
+    info = run_explain(fn.spec, fn.generated.lowered, parse_shape(shape), _checked_params(fn.spec, parse_params(params)))
     click.echo(json.dumps(info, indent=2) if as_json else format_explain(info))
 
 
@@ -178,9 +178,17 @@ def check(spec: str, shape: str, dtype: str, params: tuple[str, ...], as_json: b
         sys.exit(1)
 
 
-def _register_autotune() -> None:
-    from attncc.autotune.cli import cache, tune
+def _tunable(spec: str, kind: str) -> Any:
+    """``attncc tune``'s resolver: the spec's compiled kernels of ``kind`` (see attncc.runtime.tunable)."""
+    from attncc.runtime.tunable import tunable_for_spec
 
+    return tunable_for_spec(spec, kind)
+
+
+def _register_autotune() -> None:
+    from attncc.autotune.cli import cache, register_resolver, tune
+
+    register_resolver(_tunable)
     main.add_command(tune)
     main.add_command(cache)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,12 +69,23 @@ def _warn_invalid(cache: Any) -> None:
         click.echo(f"warning: skipped invalid entry {label}: {problem}", err=True)
 
 
+# How ``attncc tune SPEC`` turns a spec name into a Tunable.  The autotuner does not know about the
+# compiler's runtime: the ``attncc`` command registers its resolver here (attncc.cli).
+_RESOLVERS: list[Callable[[str, str], Any]] = []
+
+
+def register_resolver(resolver: Callable[[str, str], Any]) -> None:
+    """Set the function ``(spec, kind) -> Tunable`` used by ``attncc tune`` (the last one wins)."""
+    _RESOLVERS.append(resolver)
+
+
 def _resolve_tunable(spec: str, kind: str) -> Any:
+    if not _RESOLVERS:
+        raise AttnccError(f"cannot resolve spec {spec!r}: no spec resolver registered (run it as `attncc tune`)")
     try:
-        from attncc.runtime.tunable import tunable_for_spec
+        return _RESOLVERS[-1](spec, kind)
     except ImportError as exc:
-        raise AttnccError(f"cannot resolve spec {spec!r}: attncc.runtime.tunable is unavailable ({exc})") from None
-    return tunable_for_spec(spec, kind)
+        raise AttnccError(f"cannot resolve spec {spec!r}: the compiler runtime is unavailable ({exc})") from None
 
 
 def _offline_target(target: str | None) -> str:

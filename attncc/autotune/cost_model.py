@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from attncc.autotune.tunable import Shape
 from attncc.errors import InputError
+from attncc.schedules import by_kind
 
 if TYPE_CHECKING:
     from attncc.codegen.report import KernelReport
@@ -138,50 +139,66 @@ def blocks_per_sm(report: KernelReport, num_warps: int, spec: TargetSpec) -> int
     return max(0, min(spec.max_blocks_per_sm, by_regs, by_smem, by_threads))
 
 
-def num_programs(kind: str, shape: Shape, config: Mapping[str, int]) -> int:
-    """Grid size of a kernel of ``kind`` (see the module docstring)."""
-    heads = shape.B * shape.H
-    if kind == "fwd":
-        return heads * _cdiv(shape.M, config["BLOCK_M"])
-    if kind == "bwd":
-        return heads * _cdiv(shape.N, config["BLOCK_N"])
-    if kind == "decode":
-        return heads * config["NUM_SPLITS"]
-    if kind == "recurrence":
-        return heads * _cdiv(shape.D, config["BLOCK_K"]) * _cdiv(shape.E, config["BLOCK_V"])
-    raise InputError(f"unknown kernel kind {kind!r}")
+# Kinds of the schedules still to come (issues 10, 11): their grid and loop models live here until
+# their Schedule objects do.  Every registered schedule's kinds use the schedule's own model.
+def _decode_programs(shape: Shape, config: Mapping[str, int]) -> int:
+    return shape.B * shape.H * config["NUM_SPLITS"]
+
+
+def _recurrence_programs(shape: Shape, config: Mapping[str, int]) -> int:
+    return shape.B * shape.H * _cdiv(shape.D, config["BLOCK_K"]) * _cdiv(shape.E, config["BLOCK_V"])
+
+
+def _decode_padding(shape: Shape, config: Mapping[str, int]) -> float:
+    return _pad(shape.N, config["BLOCK_N"] * config["NUM_SPLITS"])
+
+
+def _recurrence_padding(shape: Shape, config: Mapping[str, int]) -> float:
+    return _pad(shape.M, config["CHUNK"]) * _pad(shape.D, config["BLOCK_K"]) * _pad(shape.E, config["BLOCK_V"])
+
+
+def _decode_iterations(shape: Shape, config: Mapping[str, int]) -> int:
+    return _cdiv(shape.N, config["NUM_SPLITS"] * config["BLOCK_N"])
+
+
+def _recurrence_iterations(shape: Shape, config: Mapping[str, int]) -> int:
+    return _cdiv(shape.M, config["CHUNK"])
+
+
+_UNSCHEDULED: dict[str, tuple[Any, Any, Any]] = {
+    "decode": (_decode_programs, _decode_padding, _decode_iterations),
+    "recurrence": (_recurrence_programs, _recurrence_padding, _recurrence_iterations),
+}
+
+
+def _model(kind: str, which: int) -> Any:
+    if kind in _UNSCHEDULED:
+        return _UNSCHEDULED[kind][which]
+    try:
+        sched = by_kind(kind)
+    except KeyError:
+        raise InputError(f"unknown kernel kind {kind!r}") from None
+    method = (sched.programs, sched.padding, sched.inner_iterations)[which]
+    return lambda shape, config: method(kind, shape, config)
 
 
 def _pad(extent: int, block: int) -> float:
     return _roundup(extent, block) / extent
 
 
+def num_programs(kind: str, shape: Shape, config: Mapping[str, int]) -> int:
+    """Grid size of a kernel of ``kind`` (see the module docstring)."""
+    return int(_model(kind, 0)(shape, config))
+
+
 def padding_factor(kind: str, shape: Shape, config: Mapping[str, int]) -> float:
     """Work on padded tiles divided by useful work (1.0 when every tile is full)."""
-    if kind in ("fwd", "bwd"):
-        return _pad(shape.M, config["BLOCK_M"]) * _pad(shape.N, config["BLOCK_N"])
-    if kind == "decode":
-        return _pad(shape.N, config["BLOCK_N"] * config["NUM_SPLITS"])
-    if kind == "recurrence":
-        return (
-            _pad(shape.M, config["CHUNK"])
-            * _pad(shape.D, config["BLOCK_K"])
-            * _pad(shape.E, config["BLOCK_V"])
-        )
-    raise InputError(f"unknown kernel kind {kind!r}")
+    return float(_model(kind, 1)(shape, config))
 
 
 def inner_iterations(kind: str, shape: Shape, config: Mapping[str, int]) -> int:
     """Iterations of the main loop of one program (each costs a fixed overhead)."""
-    if kind == "fwd":
-        return _cdiv(shape.N, config["BLOCK_N"])
-    if kind == "bwd":
-        return _cdiv(shape.M, config["BLOCK_M"])
-    if kind == "decode":
-        return _cdiv(shape.N, config["NUM_SPLITS"] * config["BLOCK_N"])
-    if kind == "recurrence":
-        return _cdiv(shape.M, config["CHUNK"])
-    raise InputError(f"unknown kernel kind {kind!r}")
+    return int(_model(kind, 2)(shape, config))
 
 
 def _mma_factor(report: KernelReport, spec: TargetSpec) -> float:
@@ -203,12 +220,14 @@ def estimate(
     bytes_moved: float,
     target: str,
     programs: int | None = None,
+    padding: float | None = None,
+    iterations: int | None = None,
 ) -> CostEstimate:
     """Estimate the run time of one candidate (formula in the module docstring)."""
     spec = target_spec(target)
     num_warps, num_stages = int(config["num_warps"]), int(config["num_stages"])
     programs = max(1, programs if programs is not None else num_programs(kind, shape, config))
-    padding = padding_factor(kind, shape, config)
+    padding = padding if padding is not None else padding_factor(kind, shape, config)
     resident = blocks_per_sm(report, num_warps, spec)
     if resident == 0:
         return CostEstimate(math.inf, 0, 0.0, programs, 0, math.inf, math.inf, padding)
@@ -222,7 +241,7 @@ def estimate(
     sm_bytes_per_ms = spec.bandwidth_gbs * 1e6 / spec.sms
     compute = k * padding * (flops / programs) / (sm_flops_per_ms * c_eff)
     memory = k * (bytes_moved / programs) / (sm_bytes_per_ms * m_eff)
-    loop = 0.02e-3 * inner_iterations(kind, shape, config)
+    loop = 0.02e-3 * (iterations if iterations is not None else inner_iterations(kind, shape, config))
     wave = max(compute, memory) + loop + 1e-3 + 0.25e-3 * num_stages
     ms = 3e-3 + waves * wave
     return CostEstimate(ms, resident, occupancy, programs, waves, waves * compute, waves * memory, padding)

@@ -8,95 +8,24 @@ names, integer values, each one of the allowed values, and the space's constrain
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from attncc.errors import AttnccError
+from attncc.schedules import SCHEDULES, by_kind
+from attncc.schedules.space import Config, ConfigSpace
 
 KINDS: tuple[str, ...] = ("fwd", "bwd", "decode", "recurrence")
 DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
 
-Config = dict[str, int]
 
 
 class ConfigSchemaError(AttnccError):
     """A config read from storage or a file does not match its kind's space."""
 
 
-@dataclass(frozen=True)
-class ConfigSpace:
-    """An ordered mapping ``name -> allowed values`` plus an optional validity constraint.
-
-    ``params`` keeps the declaration order, which is also the order of :meth:`enumerate`.
-    ``valid`` rejects combinations that cannot make a sensible kernel (e.g. fewer than four
-    accumulator elements per thread); it receives a complete config.
-    """
-
-    params: Mapping[str, tuple[int, ...]]
-    valid: Callable[[Mapping[str, int]], bool] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        ordered = {name: tuple(values) for name, values in self.params.items()}
-        for name, values in ordered.items():
-            if not values or any(type(v) is not int for v in values):
-                raise ValueError(f"config space parameter {name!r} needs a non-empty tuple of ints")
-            if len(set(values)) != len(values):
-                raise ValueError(f"config space parameter {name!r} has repeated values")
-        object.__setattr__(self, "params", ordered)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.params)
-
-    def __contains__(self, config: object) -> bool:
-        return isinstance(config, Mapping) and self.check(config) is None
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.iter_valid())
-
-    def iter_valid(self) -> Iterator[Config]:
-        """Yield every valid config in declaration order (last parameter varies fastest)."""
-        names = self.names
-        for values in itertools.product(*self.params.values()):
-            config = dict(zip(names, values, strict=True))
-            if self.valid is None or self.valid(config):
-                yield config
-
-    def enumerate(self) -> list[Config]:
-        """All valid configs."""
-        return list(self.iter_valid())
-
-    def check(self, config: Mapping[str, Any]) -> str | None:
-        """Return why ``config`` is not in this space, or ``None`` when it is."""
-        missing = [n for n in self.names if n not in config]
-        extra = sorted(str(n) for n in config if n not in self.params)
-        if missing or extra:
-            return f"expected keys {list(self.names)}, missing {missing}, unexpected {extra}"
-        for name, allowed in self.params.items():
-            value = config[name]
-            if type(value) is not int:
-                return f"{name} must be an int, got {type(value).__name__}"
-            if value not in allowed:
-                return f"{name}={value} not in {list(allowed)}"
-        if self.valid is not None and not self.valid(config):
-            return "combination rejected by the space's constraint"
-        return None
-
-    def key(self, config: Mapping[str, int]) -> tuple[int, ...]:
-        """A hashable identity of ``config`` in declaration order."""
-        return tuple(int(config[n]) for n in self.names)
-
-
 def config_to_str(config: Mapping[str, int]) -> str:
     """``BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=3`` (stable, human readable)."""
     return ",".join(f"{k}={v}" for k, v in config.items())
-
-
-def _tile_ok(config: Mapping[str, int]) -> bool:
-    """At least four accumulator elements per thread in the BLOCK_M x BLOCK_N tile."""
-    return config["BLOCK_M"] * config["BLOCK_N"] >= 128 * config["num_warps"]
 
 
 def _decode_ok(config: Mapping[str, int]) -> bool:
@@ -116,15 +45,10 @@ _TILES = (16, 32, 64, 128)
 _WARPS = (2, 4, 8)
 _STAGES = (1, 2, 3, 4)
 
+# Kinds of registered schedules take their space from the schedule; decode and recurrence are the
+# kinds of the schedules still to come (issues 10 and 11): their spaces are declared here until then.
 SPACES: dict[str, ConfigSpace] = {
-    "fwd": ConfigSpace(
-        {"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": _WARPS, "num_stages": _STAGES},
-        valid=_tile_ok,
-    ),
-    "bwd": ConfigSpace(
-        {"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": _WARPS, "num_stages": _STAGES},
-        valid=_tile_ok,
-    ),
+    **{kind: sched.space(kind) for sched in SCHEDULES for kind in sched.kinds},
     "decode": ConfigSpace(
         {
             "BLOCK_N": (16, 32, 64, 128, 256),
@@ -195,8 +119,6 @@ def _recurrence_default(head_dim: int, dtype: str) -> Config:
 
 
 _DEFAULTS: dict[str, Callable[[int, str], Config]] = {
-    "fwd": _fwd_default,
-    "bwd": _bwd_default,
     "decode": _decode_default,
     "recurrence": _recurrence_default,
 }
@@ -210,5 +132,8 @@ def default_config(kind: str, head_dim: int, dtype: str) -> Config:
     space = space_for(kind)
     if dtype not in DTYPES:
         raise ConfigSchemaError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    config = _DEFAULTS[kind](int(head_dim), dtype)
+    if kind in _DEFAULTS:
+        config = _DEFAULTS[kind](int(head_dim), dtype)
+    else:  # a registered schedule's own default (what its generated modules use)
+        config = by_kind(kind).default_config(kind, int(head_dim))
     return validate_config(kind, config, space)

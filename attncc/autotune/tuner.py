@@ -213,6 +213,8 @@ def rank(tunable: Tunable, candidates: list[Candidate], shape: Shape, dtype: str
     """Estimate the cost of the unpruned candidates; prune the infeasible; return them best first."""
     flops = float(tunable.flops(shape))
     programs_of = getattr(tunable, "num_programs", None)
+    padding_of = getattr(tunable, "padding", None)
+    iterations_of = getattr(tunable, "inner_iterations", None)
     ranked: list[Candidate] = []
     for cand in candidates:
         if cand.reason is not None or cand.report is None:
@@ -220,7 +222,9 @@ def rank(tunable: Tunable, candidates: list[Candidate], shape: Shape, dtype: str
         programs = int(programs_of(shape, cand.config)) if callable(programs_of) else None
         cand.cost = estimate(cand.report, cand.config, kind=tunable.kind, shape=shape, dtype=dtype, flops=flops,
                              bytes_moved=float(tunable.bytes_moved(shape, dtype, dict(cand.config))),
-                             target=target, programs=programs)
+                             target=target, programs=programs,
+                             padding=float(padding_of(shape, cand.config)) if callable(padding_of) else None,
+                             iterations=int(iterations_of(shape, cand.config)) if callable(iterations_of) else None)
         if math.isinf(cand.cost.ms):
             cand.reason = "no program fits on an SM (registers or shared memory per SM)"
         else:
@@ -446,8 +450,9 @@ def _seeds(tunable: Tunable, candidates: list[Candidate], shape: Shape, dtype: s
     surviving = [c for c in candidates if c.reason is None]
     by_cost = sorted((c for c in surviving if c.cost is not None), key=lambda c: c.cost.ms)  # type: ignore[union-attr]
     seeds: list[Config] = []
-    if tunable.kind in SPACES:
-        default = default_config(tunable.kind, shape.D, dtype)
+    own_default = getattr(tunable, "default_config", None)
+    if callable(own_default) or tunable.kind in SPACES:
+        default = own_default(shape.D) if callable(own_default) else default_config(tunable.kind, shape.D, dtype)
         if any(c.config == default for c in surviving):
             seeds.append(default)
     for cand in by_cost[: max(1, trials // 5)]:

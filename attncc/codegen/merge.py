@@ -17,7 +17,8 @@ import networkx as nx
 import sympy as sp
 import torch
 
-from attncc.codegen.printer import TritonPrinter
+from attncc.codegen.rules import print_rules
+from attncc.passes.online_softmax import FINALIZE_OUTPUTS
 
 # Entries and symbols with a value axis (``acc`` and its ``_a``/``_b`` inputs, the output ``O``).
 WIDE: frozenset[str] = frozenset({"acc", "O"})
@@ -37,25 +38,12 @@ def _node(g: nx.DiGraph) -> dict:
     raise ValueError("the lowered IR has no online_softmax node")
 
 
-def _no_load(_ld: sp.Basic, _pr: TritonPrinter) -> str:
-    raise KeyError("a softmax state rule loads no tensor")
-
-
-def _print_rules(rule: dict[str, sp.Basic], args: tuple[str, ...]) -> list[str]:
-    """One assignment per rule entry, in order."""
-    lines = []
-    for key, expr in rule.items():
-        wide = _is_wide(key)
-        names = {s: f"{s.name}[:, None]" if wide and not _is_wide(s.name) else s.name for s in expr.free_symbols}
-        unknown = {s.name for s in names} - set(args) - set(rule)
-        if unknown:
-            raise KeyError(f"rule entry '{key}' uses {sorted(unknown)}")
-        lines.append(f"    {key} = {TritonPrinter(names, _no_load).doprint(expr)}")
-    return lines
+def _ranks(args: tuple[str, ...]) -> dict[str, str]:
+    return {a: "wide" if _is_wide(a) else "row" for a in args}
 
 
 def _function(name: str, doc: str, rule: dict[str, sp.Basic], args: tuple[str, ...], out: tuple[str, ...]) -> str:
-    body = _print_rules(rule, args)
+    body, _ = print_rules(rule, _ranks(args))
     return "\n".join([
         "@triton.jit",
         f"def {name}({', '.join(args)}):",
@@ -73,7 +61,7 @@ def merge_source(g: nx.DiGraph) -> str:
     merge = _function("_merge_state", "Merge partial softmax states a and b (natural-log m).",
                       d["merge"], MERGE_ARGS, state)
     final = _function("_finalize_state", "Output and log-sum-exp of a softmax state (natural-log m).",
-                      d["finalize"], FINALIZE_ARGS, tuple(d["finalize"]))
+                      d["finalize"], FINALIZE_ARGS, FINALIZE_OUTPUTS)
     return merge + "\n\n" + final
 
 
@@ -86,6 +74,8 @@ def _eval(expr: sp.Basic, env: dict[str, torch.Tensor], wide: bool) -> torch.Ten
         return float("-inf")
     if expr is sp.S.Infinity:
         return float("inf")
+    if expr is sp.false:
+        return False
     if expr is sp.true:
         return True
     if isinstance(expr, sp.Number):
@@ -143,6 +133,7 @@ _OPS: dict[type, Callable[[list], object]] = {
     sp.GreaterThan: lambda a: a[0] >= a[1],
     sp.StrictLessThan: lambda a: a[0] < a[1],
     sp.LessThan: lambda a: a[0] <= a[1],
+    sp.Equality: lambda a: _tensor(a[0], a[1]) == _tensor(a[1], a[0]),
 }
 
 
@@ -165,4 +156,4 @@ def finalize_state_torch(g: nx.DiGraph, m: torch.Tensor, l: torch.Tensor,  # noq
                          acc: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``(O, LSE)`` of a state, by the node's finalize rule."""
     d = _node(g)
-    return _apply(d["finalize"], dict(zip(FINALIZE_ARGS, (m, l, acc), strict=True)), tuple(d["finalize"]))
+    return _apply(d["finalize"], dict(zip(FINALIZE_ARGS, (m, l, acc), strict=True)), FINALIZE_OUTPUTS)

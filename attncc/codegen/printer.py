@@ -376,3 +376,11 @@ class TorchPrinter(TritonPrinter):
 
     _print_Load = _print_Function
     _print_IntLoad = _print_Function
+
+
+def tile_shaped(fn: str, expr: sp.Basic, call_args: str) -> str:
+    """A call of a score hook, broadcast to the tile when the expression does not involve it."""
+    call = f"{fn}(s, {call_args})"
+    if not ({E.score, E.m, E.n} & expr.free_symbols):
+        return f"{call} + tl.zeros_like(s)"
+    return call

@@ -7,6 +7,7 @@ import sympy as sp
 
 from attncc.ir import expr as E
 from attncc.ir.graph import add_node, new_graph
+from attncc.ir.variant import Variant
 from attncc.spec.model import Spec
 
 # Symbols used by map nodes for "the operand" and the row statistics.
@@ -22,7 +23,7 @@ def build_cascade(spec: Spec) -> nx.DiGraph:
     P_num = exp(S'' - MX); L = sum_n P_num; P = P_num / L; O = sum_n P v;
     LSE = MX + log L``.
     """
-    g = new_graph(spec)
+    g = new_graph(Variant.of(spec))
     add_node(g, "q", "input", ("b", "h", "m", "d"), role="q")
     add_node(g, "k", "input", ("b", "hk", "n", "d"), role="k", head=spec.kv_head)
     add_node(g, "v", "input", ("b", "hk", "n", "e"), role="v", head=spec.kv_head)

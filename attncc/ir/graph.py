@@ -7,9 +7,11 @@ to consumers.  Node attributes:
 * ``indices``: the node's output indices, e.g. ``("b", "h", "m", "n")``;
 * op-specific attributes (see :data:`OPS`).
 
-The graph also carries ``graph.graph["spec"]`` (the :class:`Spec`),
-``graph.graph["outputs"]`` and, filled by passes, ``graph.graph["applied"]``
-(names of passes applied, in order) and ``graph.graph["schedule"]``.
+The graph carries two graph-level attributes: ``graph.graph["variant"]`` (the
+:class:`~attncc.ir.variant.Variant`: names and declarations, no expressions; read it with
+:func:`~attncc.ir.variant.variant_of`) and ``graph.graph["outputs"]``.  What passes find out
+(mask analyses, derivatives, iteration plans, the schedule) is not stored on the graph but in the
+typed :class:`~attncc.passes.lowered.Lowering` that carries it through the pipeline.
 
 Designed-in extensions (verified structurally, produced by later passes):
 ``scan`` (a state carried along a sequence index: linear recurrences) and
@@ -46,9 +48,9 @@ class PassRecord:
     note: str = ""
 
 
-def new_graph(spec: Any) -> nx.DiGraph:
+def new_graph(variant: Any) -> nx.DiGraph:
     g = nx.DiGraph()
-    g.graph.update(spec=spec, outputs=[], applied=[], schedule=None)
+    g.graph.update(variant=variant, outputs=[])
     return g
 
 

@@ -8,6 +8,7 @@ import sympy as sp
 from attncc.errors import CompileError
 from attncc.ir import expr as E
 from attncc.ir.graph import OPS
+from attncc.ir.variant import variant_of
 
 PRED_SYMBOLS = set(E.INDEX_SYMBOLS.values()) | set(E.SIZE_SYMBOLS.values())
 
@@ -23,7 +24,7 @@ def verify(g: nx.DiGraph) -> None:
     for out in g.graph.get("outputs", []):
         if out not in g:
             raise IRError(f"output '{out}' is not a node")
-    params = {p.symbol for p in g.graph["spec"].params.values()}
+    params = {p.symbol for p in variant_of(g).params}
     for node, d in g.nodes(data=True):
         _verify_node(g, node, d, params)
 

@@ -1,28 +1,32 @@
-"""Lowering: a flat, named list of small passes over the cascade IR.
+"""Lowering passes over the cascade IR: small, named, each a function of a :class:`Lowering`.
 
-``PIPELINE`` is the whole lowering of a softmax forward; :func:`lower` runs it,
-verifying the IR after every pass (``verify=True``) and recording what each did.
+Every pass takes the typed :class:`~attncc.passes.lowered.Lowering` (the graph plus the results
+of earlier passes), may rewrite the graph or fill one typed field, and returns a
+:class:`~attncc.ir.graph.PassRecord`.  The flat list of passes and the driver that verifies the
+IR between them are in :mod:`attncc.compiler` (``PIPELINE``, ``lower``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import networkx as nx
 import sympy as sp
 
 from attncc.ir import expr as E
-from attncc.ir.build import build_cascade, x
+from attncc.ir.build import x
 from attncc.ir.graph import PassRecord, replace_uses
-from attncc.ir.verify import verify
+from attncc.ir.variant import variant_of
+from attncc.passes.lowered import CallFacts, Lowered, Lowering, mask_predicate, score_modification
 from attncc.passes.mask_analysis import KEYS, QUERIES, analyse
-from attncc.passes.online_softmax import online_softmax
-from attncc.passes.schedule import choose_schedule
-from attncc.spec.model import Spec
+
+Pass = Callable[[Lowering], PassRecord]
+
+__all__ = ["CallFacts", "Lowered", "Lowering", "Pass", "analyse_mask", "eliminate_identity", "score_gradient"]
 
 
-def eliminate_identity(g: nx.DiGraph) -> PassRecord:
+def eliminate_identity(low: Lowering) -> PassRecord:
     """Drop ``map`` nodes that return their operand and ``mask`` nodes that keep everything."""
+    g = low.graph
     removed = []
     for node in list(g.nodes):
         d = g.nodes[node]
@@ -34,34 +38,25 @@ def eliminate_identity(g: nx.DiGraph) -> PassRecord:
     return PassRecord("eliminate_identity", bool(removed), f"removed {', '.join(removed) or 'nothing'}")
 
 
-def analyse_mask(g: nx.DiGraph) -> PassRecord:
-    """Attach :class:`MaskAnalysis` to the graph (``g.graph['mask']``)."""
-    masks = [n for n in g if g.nodes[n]["op"] == "mask"]
-    pred = g.nodes[masks[0]]["pred"] if masks else sp.true
-    g.graph["mask"] = analyse(pred, KEYS)
-    g.graph["mask_t"] = analyse(pred, QUERIES)
-    return PassRecord("analyse_mask", True, f"{g.graph['mask'].note}; per key tile: {g.graph['mask_t'].note}")
+def analyse_mask(low: Lowering) -> PassRecord:
+    """Key segments per query tile and query segments per key tile of the mask predicate."""
+    pred = mask_predicate(low.graph)
+    low.mask_keys = analyse(pred, KEYS)
+    low.mask_queries = analyse(pred, QUERIES)
+    return PassRecord("analyse_mask", True, f"{low.mask_keys.note}; per key tile: {low.mask_queries.note}")
 
 
-def score_gradient(g: nx.DiGraph) -> PassRecord:
-    """d(modify)/d(score), derived symbolically, for the backward pass."""
-    spec: Spec = g.graph["spec"]
-    g.graph["dmodify"] = E.cheap_simplify(E.derivative(spec.modify, E.score))
-    return PassRecord("score_gradient", True, f"d modify / d score = {g.graph['dmodify']}")
+def _load_derivative(modify: sp.Expr, ld: E.Load) -> sp.Expr:
+    """d modify / d ld, treating each load as an independent variable."""
+    sym = sp.Dummy("load", real=True)
+    return E.derivative(modify.subs(ld, sym), sym).subs(sym, ld)
 
 
-Pass = Callable[[nx.DiGraph], PassRecord]
-PIPELINE: tuple[Pass, ...] = (eliminate_identity, analyse_mask, online_softmax, score_gradient, choose_schedule)
-
-
-def lower(spec: Spec, *, check: bool = True) -> nx.DiGraph:
-    """Build the cascade of ``spec`` and run :data:`PIPELINE` on it."""
-    g = build_cascade(spec)
-    if check:
-        verify(g)
-    for p in PIPELINE:
-        record = p(g)
-        g.graph["applied"].append(record)
-        if check:
-            verify(g)
-    return g
+def score_gradient(low: Lowering) -> PassRecord:
+    """d(modify)/d(score), and d(modify)/d(load) for each load of a float captured tensor."""
+    modify = score_modification(low.graph)
+    low.dscore = E.cheap_simplify(E.derivative(modify, E.score))
+    floats = {c.name for c in variant_of(low.graph).captures if c.dtype.startswith("float") or c.dtype == "bfloat16"}
+    low.dloads = tuple((ld, _load_derivative(modify, ld)) for ld in E.loads(modify) if ld.tensor_name in floats)
+    extra = f"; {len(low.dloads)} captured-tensor load derivative(s)" if low.dloads else ""
+    return PassRecord("score_gradient", True, f"d modify / d score = {low.dscore}{extra}")

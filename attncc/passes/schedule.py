@@ -1,36 +1,32 @@
-"""Schedule choice: which kernel template realises the lowered cascade.
+"""Schedule choice and iteration planning: the last two passes of the pipeline.
 
-Only the ``prefill`` schedule exists today (one program per query tile and
-(batch, head), sweeping the key segments of the mask analysis).  Block-sparse,
-decode stream-K and chunkwise-recurrence schedules are later passes with their
-own templates; they plug in here.
+``choose_schedule`` asks each candidate schedule (``Lowering.schedules``, in priority order)
+whether it realises the lowered cascade for the call (:meth:`Schedule.applies` reads facts of the
+IR, such as an ``online_softmax`` or ``scan`` node, and of the call, such as a fixed query length
+or a runtime block table) and takes the first that does.  ``plan_iteration`` then asks the chosen
+schedule for one iteration plan per kernel (:mod:`attncc.passes.plans`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import networkx as nx
-
+from attncc.errors import CompileError
 from attncc.ir.graph import PassRecord
+from attncc.passes.lowered import Lowering
 
 
-@dataclass(frozen=True)
-class Schedule:
-    name: str
-    template: str
-    description: str
+def choose_schedule(low: Lowering) -> PassRecord:
+    for schedule in low.schedules:
+        if schedule.applies(low):
+            low.schedule = schedule
+            return PassRecord("choose_schedule", True, schedule.name)
+    ops = sorted({d["op"] for _, d in low.graph.nodes(data=True)})
+    raise CompileError(f"no registered schedule realises this cascade (ops: {', '.join(ops)}; "
+                       f"schedules: {', '.join(s.name for s in low.schedules) or 'none'})")
 
 
-PREFILL = Schedule(
-    "prefill", "prefill_fwd",
-    "grid (cdiv(M, BLOCK_M), B*H); each program owns one query tile and sweeps its key segments "
-    "tile by tile: masked tiles at segment edges, unmasked full tiles in between",
-)
-
-
-def choose_schedule(g: nx.DiGraph) -> PassRecord:
-    if not any(g.nodes[n]["op"] == "online_softmax" for n in g):
-        raise ValueError("no schedule for a cascade without an online-softmax node")
-    g.graph["schedule"] = PREFILL
-    return PassRecord("choose_schedule", True, PREFILL.name)
+def plan_iteration(low: Lowering) -> PassRecord:
+    if low.schedule is None:
+        raise CompileError("plan_iteration runs after choose_schedule")
+    low.plans = {k.name: low.schedule.plan(k, low) for k in low.schedule.kernels}
+    notes = ", ".join(f"{name}: {p.kind} over {p.swept}" for name, p in low.plans.items())
+    return PassRecord("plan_iteration", True, notes)

@@ -14,21 +14,18 @@ import triton
 from attncc.codegen.report import KernelReport
 from attncc.errors import CompileError
 from attncc.runtime.api import CompiledAttention, compile_spec
+from attncc.schedules.base import KernelDecl
 from attncc.spec.model import Spec
 
 TRITON_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp16", "bfloat16": "bf16",
                  "float32": "fp32", "int32": "i32", "int64": "i64", "bool": "i8"}
 
 
-KERNELS = {"fwd": ("attn_fwd",), "bwd": ("attn_bwd_dkdv", "attn_bwd_dq")}
-_TENSORS = ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")
-_FP32_TENSORS = ("LSE", "DELTA", "CG_row", "CG_full")
-
-
-def kernel_signature(fn: CompiledAttention, kernel_name: str, dtype: str, head_dim: int, head_dim_v: int,
+def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                      config: dict[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Triton signature and constexprs of one generated kernel for a dtype, head dims and tiles."""
-    kernel = getattr(fn.module, kernel_name)
+    """Triton signature and constexprs of one generated kernel for a dtype, head dims and tiles
+    (pointer types from the schedule's :class:`KernelDecl`; the tile log compiled out)."""
+    kernel = getattr(fn.module, decl.name)
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
     constexprs: dict[str, Any] = {
@@ -36,16 +33,19 @@ def kernel_signature(fn: CompiledAttention, kernel_name: str, dtype: str, head_d
         "BLOCK_D": max(16, triton.next_power_of_2(head_dim)), "BLOCK_E": max(16, triton.next_power_of_2(head_dim_v)),
         "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
         "DOT_PRECISION": "ieee" if elem == "fp32" else "tf32", "WRITE_FULL": bool(spec.captures),
+        "LOG_TILES": False,
     }
     constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in _TENSORS:
+        elif name in decl.elem_tensors:
             sig[name] = f"*{elem}"
-        elif name in _FP32_TENSORS:
+        elif name in decl.fp32_tensors:
             sig[name] = "*fp32"
+        elif name in decl.int_tensors:
+            sig[name] = "*i32"
         elif name == "sm_scale":
             sig[name] = "fp32"
         elif name.endswith("_ptr"):
@@ -84,13 +84,14 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
     from attncc.codegen.aot import compile_report
 
     head_dim_v = head_dim_v or head_dim
+    schedule = fn.generated.lowered.schedule
     out = []
     for kind in kinds:
-        cfg = {**fn.module.default_config(max(head_dim, head_dim_v), kind), **(config or {})}
-        for kernel in KERNELS[kind]:
-            sig, constexprs = kernel_signature(fn, kernel, dtype, head_dim, head_dim_v, cfg)
-            out.append(compile_report(getattr(fn.module, kernel), sig, constexprs, target, cfg["num_warps"],
-                                      cfg["num_stages"], kernel_name=f"{fn.spec.name}.{kernel}[{dtype},d{head_dim}]",
+        cfg = {**schedule.default_config(kind, max(head_dim, head_dim_v)), **(config or {})}
+        for decl in schedule.kernels_of(kind):
+            sig, constexprs = kernel_signature(fn, decl, dtype, head_dim, head_dim_v, cfg)
+            out.append(compile_report(getattr(fn.module, decl.name), sig, constexprs, target, cfg["num_warps"],
+                                      cfg["num_stages"], kernel_name=f"{fn.spec.name}.{decl.name}[{dtype},d{head_dim}]",
                                       divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v)))
     return out
 

@@ -7,43 +7,50 @@ from typing import Any
 
 import torch
 
-from attncc.autotune.space import SPACES, ConfigSpace
 from attncc.autotune.tunable import Shape
 from attncc.codegen.report import KernelReport
 from attncc.errors import InputError
 from attncc.runtime.api import CompiledAttention, load
 from attncc.runtime.check import DTYPES, example_captures
-
-ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
-BWD_FLOP_FACTOR = 2.5  # dQ, dK, dV and the recomputed QK^T, relative to the forward
+from attncc.schedules.space import ConfigSpace
 
 
 class SpecTunable:
-    """:class:`attncc.autotune.tunable.Tunable` for one spec's ``fwd`` or ``bwd`` kernels."""
+    """:class:`attncc.autotune.tunable.Tunable` for the kernels of one config kind of a spec's schedule.
+
+    Space, cost inputs, defaults and the kernel list come from the schedule the spec was lowered to.
+    """
 
     def __init__(self, fn: CompiledAttention, kind: str) -> None:
-        if kind not in ("fwd", "bwd"):
-            raise InputError(f"kernel kind '{kind}' does not exist for softmax specs (fwd, bwd)")
+        self.schedule = fn.generated.lowered.schedule
+        if kind not in self.schedule.kinds:
+            raise InputError(f"kernel kind '{kind}' does not exist for the {self.schedule.name} schedule of "
+                             f"{fn.spec.name} ({', '.join(self.schedule.kinds)})")
         self.fn = fn
         self.kind = kind
         self.spec_hash = fn.spec.tuning_hash
         self.spec_name = fn.spec.name
 
     def space(self) -> ConfigSpace:
-        return SPACES[self.kind]
+        return self.schedule.space(self.kind)
+
+    def default_config(self, head_dim: int) -> dict[str, int]:
+        return self.schedule.default_config(self.kind, head_dim)
 
     def flops(self, shape: Shape) -> float:
-        f = 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
-        return f * (BWD_FLOP_FACTOR if self.kind == "bwd" else 1.0)
+        return self.schedule.flops(self.kind, shape)
 
     def bytes_moved(self, shape: Shape, dtype: str, config: dict) -> float:
-        """Q and O once; K and V once per query tile (the prefill schedule re-reads them)."""
-        e = ELEM_BYTES[dtype]
-        q_o = shape.B * shape.H * shape.M * (shape.D + shape.E) * e
-        kv = shape.B * shape.H * shape.N * (shape.D + shape.E) * e
-        reloads = -(-shape.M // int(config["BLOCK_M"]))
-        total = q_o + kv * reloads
-        return total * (2.0 if self.kind == "bwd" else 1.0)
+        return self.schedule.bytes_moved(self.kind, shape, dtype, config)
+
+    def num_programs(self, shape: Shape, config: dict) -> int:
+        return self.schedule.programs(self.kind, shape, config)
+
+    def inner_iterations(self, shape: Shape, config: dict) -> int:
+        return self.schedule.inner_iterations(self.kind, shape, config)
+
+    def padding(self, shape: Shape, config: dict) -> float:
+        return self.schedule.padding(self.kind, shape, config)
 
     def aot_report(self, config: dict, shape: Shape, dtype: str, target: str) -> KernelReport:
         """The worst of this kind's kernels (most registers, summed spills, most shared memory)."""
@@ -70,13 +77,7 @@ class SpecTunable:
         q = torch.randn(shape.B, shape.H, shape.M, shape.D, device="cuda", dtype=dt)
         k = torch.randn(shape.B, HK, shape.N, shape.D, device="cuda", dtype=dt)
         v = torch.randn(shape.B, HK, shape.N, shape.E, device="cuda", dtype=dt)
-        mod = self.fn.module
-        cfg = dict(config)
-        if self.kind == "fwd":
-            return lambda: mod.attention_forward(q, k, v, config=cfg, captures=caps, **params)
-        o, lse = mod.attention_forward(q, k, v, config=cfg, captures=caps, **params)
-        do = torch.randn_like(o)
-        return lambda: mod.attention_backward(q, k, v, o, lse, do, config=cfg, captures=caps, **params)
+        return self.schedule.benchmark_call(self.fn.module, self.kind, {"q": q, "k": k, "v": v}, config, caps, params)
 
 
 def tunable_for_spec(spec: str, kind: str = "fwd") -> SpecTunable:

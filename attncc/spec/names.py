@@ -21,7 +21,7 @@ import tokenize
 from functools import cache
 from pathlib import Path
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "codegen" / "templates"
+SCHEDULES_DIR = Path(__file__).resolve().parents[1] / "schedules"  # every schedule's templates/*.tmpl
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
@@ -32,13 +32,15 @@ IR_NODES = frozenset({"q", "k", "v", "S", "S_mod", "S_mask", "MX", "P_num", "L",
 # receive params and captures as **kwargs.
 CALL_KEYWORDS = frozenset({
     "q", "k", "v", "o", "lse", "do", "scale", "config", "captures", "capture_grads", "return_lse",
-    "kernel_options", "block_mask", "score_mod", "mask_mod", "enable_gqa", "params",
+    "kernel_options", "block_mask", "score_mod", "mask_mod", "enable_gqa", "params", "tile_log",
 })
 
-# Identifiers the hooks emit into generated code (attncc.codegen.loops / backward / prefill).
+# Identifiers the hooks emit into generated code (attncc.codegen.plans / rules, the schedules' renderers)
+# and the names of the softmax rule tables (attncc.passes.online_softmax).
 HOOK_IDENTIFIERS = frozenset({
     "seg_lo", "seg_end", "full_lo", "full_hi", "visited_end", "n0", "m0", "score_mod", "mask_mod",
-    "dscore_mod", "off_hk", "env", "lambda", "WRITE_FULL", "CG_row", "CG_full",
+    "dscore_mod", "off_hk", "env", "lambda", "WRITE_FULL", "CG_row", "CG_full", "LOG_TILES", "log_row",
+    "m_new", "m_shift", "alpha", "l_safe", "m", "l", "acc", "p", "s", "v",
 })
 HOOK_PATTERNS = (re.compile(r"cg\d+"), re.compile(r"dload_\d+"), re.compile(r"_load_.*"))
 
@@ -48,7 +50,7 @@ def template_identifiers() -> frozenset[str]:
     """Every identifier in the kernel templates and the printer's helper functions."""
     from attncc.codegen.printer import HELPERS
 
-    texts = [p.read_text() for p in sorted(TEMPLATE_DIR.glob("*.tmpl"))] + list(HELPERS.values())
+    texts = [p.read_text() for p in sorted(SCHEDULES_DIR.glob("*/templates/*.tmpl"))] + list(HELPERS.values())
     found: set[str] = set()
     for text in texts:
         clean = re.sub(r"\{\{\w+\}\}", " ", text)

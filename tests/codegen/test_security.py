@@ -25,8 +25,9 @@ from conftest import SMALL_TILES
 
 import attncc
 from attncc.cli import main
-from attncc.codegen import cache, generate, load_module
+from attncc.codegen import cache
 from attncc.codegen.literals import comment_text, doc_text, py_literal
+from attncc.compiler import generate, load_module
 from attncc.errors import InputError, SpecError
 from attncc.runtime import ops
 from attncc.runtime.api import CompiledAttention

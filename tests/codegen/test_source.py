@@ -14,7 +14,8 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 import attncc
-from attncc.codegen import cache, generate
+from attncc.codegen import cache
+from attncc.compiler import generate
 from attncc.spec.loader import load_text, resolve
 
 

@@ -13,7 +13,7 @@ import torch
 from attncc.codegen import cache
 from attncc.codegen.merge import finalize_state_torch, merge_source, merge_states_torch
 from attncc.ir.verify import IRError, verify
-from attncc.passes import lower
+from attncc.compiler import lower
 from attncc.spec.loader import resolve
 
 R, N, E = 7, 77, 5
@@ -21,7 +21,7 @@ R, N, E = 7, 77, 5
 
 @pytest.fixture(scope="module")
 def g() -> nx.DiGraph:
-    return lower(resolve("causal"))
+    return lower(resolve("causal")).graph
 
 
 def _case(dtype: torch.dtype, parts: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -152,7 +152,7 @@ def test_triton_merge_matches_dense_softmax(g: nx.DiGraph, dtype: torch.dtype, p
 
 
 def test_verify_rejects_an_unprintable_merge(g: nx.DiGraph) -> None:
-    bad = lower(resolve("causal"))
+    bad = lower(resolve("causal")).graph
     rule = dict(bad.nodes["OS"]["merge"])
     rule["m"] = sp.Function("max_i")(sp.Symbol("m_a"))
     bad.nodes["OS"]["merge"] = rule

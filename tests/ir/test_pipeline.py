@@ -10,29 +10,30 @@ from attncc.ir import expr as E
 from attncc.ir.build import build_cascade
 from attncc.ir.graph import add_node, sweeps_over
 from attncc.ir.verify import IRError, verify
-from attncc.passes import PIPELINE, lower
+from attncc.compiler import PIPELINE, lower, start
 from attncc.spec.loader import library, resolve
 
 
 @pytest.mark.parametrize("name", list(library()))
 def test_every_pass_keeps_the_ir_valid(name: str) -> None:
     spec = resolve(name)
-    g = build_cascade(spec)
+    low = start(spec)
+    g = low.graph
     verify(g)
     assert sweeps_over(g, "n") == 3
     for p in PIPELINE:
-        p(g)
+        p(low)
         verify(g)
     assert sweeps_over(g, "n") == 1
-    assert g.graph["schedule"].name == "prefill"
+    assert low.schedule is not None and low.schedule.name == "prefill"
     assert any(d["op"] == "online_softmax" for _, d in g.nodes(data=True))
 
 
 def test_lower_records_each_pass() -> None:
-    g = lower(resolve("softcap"))
-    names = [r.name for r in g.graph["applied"]]
+    low = lower(resolve("softcap"))
+    names = [r.name for r in low.records]
     assert names == [p.__name__ for p in PIPELINE]
-    notes = {r.name: r.note for r in g.graph["applied"]}
+    notes = {r.name: r.note for r in low.records}
     assert notes["online_softmax"] == "passes over n: 3 -> 1"
     assert "cosh" in notes["score_gradient"] or "tanh" in notes["score_gradient"]
 
@@ -55,14 +56,14 @@ def test_verify_rejects_broken_graphs() -> None:
 
 
 def test_identity_elimination_only_removes_identities() -> None:
-    g = lower(resolve("causal"))
+    g = lower(resolve("causal")).graph
     ops = {d["op"] for _, d in g.nodes(data=True)}
     assert "map" not in ops and "mask" in ops
-    g = lower(resolve("full"))
+    g = lower(resolve("full")).graph
     ops = {d["op"] for _, d in g.nodes(data=True)}
     assert "mask" not in ops
 
 
 def test_score_gradient_is_symbolic() -> None:
-    g = lower(resolve("temperature"))
-    assert g.graph["dmodify"] == E.load("temp", E.b, E.h, E.m)
+    low = lower(resolve("temperature"))
+    assert low.dscore == E.load("temp", E.b, E.h, E.m)

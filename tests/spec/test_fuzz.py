@@ -43,7 +43,7 @@ from reference import check_attention, masked_softmax_attention
 
 import attncc
 from attncc.cli import main
-from attncc.codegen import generate
+from attncc.compiler import generate
 from attncc.errors import SpecError
 from attncc.spec.loader import load_text
 

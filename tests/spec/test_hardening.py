@@ -23,7 +23,7 @@ from reference import Grid, check_attention, masked_softmax_attention
 
 import attncc
 from attncc.cli import main
-from attncc.codegen import generate
+from attncc.compiler import generate
 from attncc.errors import SpecError
 from attncc.ir import expr as E
 from attncc.passes.mask_analysis import analyse

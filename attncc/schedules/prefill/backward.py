@@ -13,64 +13,48 @@ from __future__ import annotations
 
 from typing import Any
 
-import networkx as nx
 import sympy as sp
 
 from attncc.codegen.literals import comment_text, doc_text, py_literal
-from attncc.codegen.loops import segments_code, tile_shaped
-from attncc.codegen.printer import TorchPrinter, TritonPrinter
+from attncc.codegen.plans import Loop, emit_plan
+from attncc.codegen.printer import TorchPrinter, TritonPrinter, tile_shaped
 from attncc.ir import expr as E
-from attncc.spec.model import Spec
+from attncc.ir.variant import Variant
+from attncc.passes.lowered import Lowered
 
 
-def differentiable_loads(spec: Spec) -> list[E.Load]:
-    """Loads of float captured tensors in the score modification, in canonical order."""
-    out = []
-    for ld in E.loads(spec.modify):
-        cap = spec.captures[ld.tensor_name]
-        if cap.dtype.startswith("float") or cap.dtype == "bfloat16":
-            out.append(ld)
-    return out
-
-
-def load_derivative(modify: sp.Expr, ld: E.Load) -> sp.Expr:
-    """d modify / d ld, treating each load as an independent variable."""
-    sym = sp.Dummy("load", real=True)
-    return E.derivative(modify.subs(ld, sym), sym).subs(sym, ld)
-
-
-def _index_lambda(ld: E.Load, spec: Spec) -> str:
+def _index_lambda(ld: E.Load, variant: Variant) -> str:
     names = {E.b: 'env["b"]', E.h: 'env["h"]', E.m: 'env["m"]', E.n: 'env["n"]', E.scale: 'env["scale"]'}
     names.update({sym: f'env["{k}"]' for k, sym in E.SIZE_SYMBOLS.items()})
-    names.update({p.symbol: f'env["{p.name}"]' for p in spec.params.values()})
+    names.update({p.symbol: f'env["{p.name}"]' for p in variant.params})
     pr = TorchPrinter(names, lambda _ld, _pr: "0")
     return "[" + ", ".join(f"lambda env: {pr.doprint(i)}" for i in ld.indices) + "]"
 
 
-def _head_loop(spec: Spec) -> tuple[str, str, bool]:
+def _head_loop(kv_head: sp.Expr) -> tuple[str, str, bool]:
     """(first head, end head, needs a per-head check) of the query heads of key/value head off_hk."""
     H, HK = E.SIZE_SYMBOLS["H"], E.SIZE_SYMBOLS["HK"]
-    if spec.kv_head == E.h:
+    if kv_head == E.h:
         return "off_hk", "off_hk + 1", False
-    if E.cheap_simplify(spec.kv_head - sp.floor(E.h / sp.floor(H / HK))) == 0:
+    if E.cheap_simplify(kv_head - sp.floor(E.h / sp.floor(H / HK))) == 0:
         return "off_hk * (H // HK)", "(off_hk + 1) * (H // HK)", False
     return "0", "H", True
 
 
-def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: str) -> dict[str, Any]:
-    spec: Spec = g.graph["spec"]
-    bound_pr = ctx.printer(tile=False)
-    identity = spec.modify == E.score
-    dmod = g.graph["dmodify"]
-    loads = differentiable_loads(spec)
+def backward_hooks(low: Lowered, ctx: Any, tile_pr: TritonPrinter, bound_pr: TritonPrinter,
+                   call_args: str) -> dict[str, Any]:
+    """Hooks of ``prefill_bwd``; the score derivative is the ``score_gradient`` pass's (``low.dscore``)."""
+    identity = low.modify == E.score
+    dmod = low.dscore
+    loads = [ld for ld, _ in low.dloads]
     kinds = ["full" if E.n in sp.Add(*ld.indices).free_symbols else "row" for ld in loads]
     slots, counts = [], {"row": 0, "full": 0}
     for kind in kinds:
         slots.append(counts[kind])
         counts[kind] += 1
     dload_fns, cg_code, cg_init, cg_store, cg_params = [], [], [], [], ""
-    for j, (ld, kind, slot) in enumerate(zip(loads, kinds, slots, strict=True)):
-        deriv = tile_pr.doprint(load_derivative(spec.modify, ld))
+    for j, ((ld, dload), kind, slot) in enumerate(zip(low.dloads, kinds, slots, strict=True)):
+        deriv = tile_pr.doprint(dload)
         dload_fns.append(f'@triton.jit\ndef dload_{j}({"s, " + call_args}):\n'
                          f'    """d score_mod / d {doc_text(str(ld))} (the {kind} gradient term of {ld.tensor_name})."""\n'
                          f"    return {deriv}\n")
@@ -84,18 +68,19 @@ def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: s
             cg_code.append(f"    if WRITE_FULL:  # dS * d/d {comment_text(str(ld))}, per element\n"
                            f"        tl.store(CG_full + (({slot} * B + off_b) * H + off_h) * M * N + offs_m[:, None] * N"
                            f" + offs_n[None, :], {term}, mask=m_ok[:, None] & n_ok[None, :])")
-    head_lo, head_hi, check = _head_loop(spec)
+    head_lo, head_hi, check = _head_loop(low.kv_head)
     kv_tile = ("dk, dv = _bwd_kv_tile(dk, dv, k, v, Q_base, DO_base, LSE_base, DELTA_base, m0, offs_n, n_ok, "
                f"offs_d, offs_e, off_b, off_h, stride_qm, stride_dom, {ctx.all}, HEAD_D, HEAD_E, BLOCK_M, "
                "{masked}, DOT_PRECISION)")
-    seg_t = segments_code(g.graph["mask_t"], bound_pr, kv_tile, " " * (12 if check else 8), "m0", "BLOCK_M", "queries")
+    seg_t = emit_plan(low.plan("attn_bwd_dkdv"), bound_pr,
+                      Loop(kv_tile, "m0", "BLOCK_M", "log_row", " " * (12 if check else 8)))
     if check:
-        seg_t = f"        if {bound_pr.doprint(spec.kv_head).replace('off_h', 'off_h')} == off_hk:\n{seg_t}"
+        seg_t = f"        if {bound_pr.doprint(low.kv_head)} == off_hk:\n{seg_t}"
     q_tile = (f"dq{cg_params} = _bwd_q_tile(dq{cg_params}, q, do, lse, delta, K_base, V_base, n0, offs_m, m_ok, "
               f"offs_d, offs_e, off_b, off_h, stride_kn, stride_vn, CG_full, {ctx.all}, HEAD_D, HEAD_E, "
               "BLOCK_N, {masked}, DOT_PRECISION, WRITE_FULL)")
     cap_loads = "[\n" + "".join(
-        f'    ({py_literal(ld.tensor_name)}, "{kind}", {slot}, {_index_lambda(ld, spec)}),  # {comment_text(str(ld))}\n'
+        f'    ({py_literal(ld.tensor_name)}, "{kind}", {slot}, {_index_lambda(ld, low.variant)}),  # {comment_text(str(ld))}\n'
         for ld, kind, slot in zip(loads, kinds, slots, strict=True)) + "]"
     apply_dmod = "# identity score modification: dS needs no chain rule" if identity else \
         f"ds = tl.where(p > 0.0, ds * {tile_shaped('dscore_mod', dmod, call_args)}, 0.0)"
@@ -104,12 +89,12 @@ def backward_hooks(g: nx.DiGraph, ctx: Any, tile_pr: TritonPrinter, call_args: s
         "DMOD_DOC": str(dmod),
         "DMOD_EXPR": tile_pr.doprint(dmod),
         "DLOAD_FNS": "\n\n".join(dload_fns) if dload_fns else "# (no differentiable captured tensors)",
-        "APPLY_MOD_BWD": "sm = s" if identity else f"sm = {tile_shaped('score_mod', spec.modify, call_args)}",
+        "APPLY_MOD_BWD": "sm = s" if identity else f"sm = {tile_shaped('score_mod', low.modify, call_args)}",
         "APPLY_DMOD": apply_dmod,
         "HEAD_LO": head_lo,
         "HEAD_HI": head_hi,
         "SEGMENTS_T": seg_t,
-        "SEGMENTS_Q": segments_code(g.graph["mask"], bound_pr, q_tile),
+        "SEGMENTS_Q": emit_plan(low.plan("attn_bwd_dq"), bound_pr, Loop(q_tile, "n0", "BLOCK_N", "log_row")),
         "CAPTURE_GRADS": "\n".join(cg_code) if cg_code else "    # (no captured-tensor gradients)",
         "CG_PARAMS": cg_params,
         "CG_RETURN": cg_params,

@@ -1,0 +1,82 @@
+"""Print an iteration plan as the tile loops of a kernel: one emitter per plan kind.
+
+:func:`emit_plan` is the only way a kernel's tile loop is written.  Each visited tile calls the
+schedule's tile function (``tile_call``, with ``{masked}`` replaced by ``True`` or ``False``) and,
+when the kernel is launched with ``LOG_TILES=True``, adds its weight (:data:`LOG_WEIGHTS`) to
+``log_row[tile index]`` so that tests observe the tiles a kernel visits (the code is compiled
+away when ``LOG_TILES`` is False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attncc.codegen.literals import comment_text
+from attncc.codegen.printer import TritonPrinter
+from attncc.passes.mask_analysis import Segment
+from attncc.passes.plans import Plan, SegmentPlan
+
+# What one visit adds to its tile's log entry: a tile visited once reads 1 (full) or 16 (masked).
+LOG_WEIGHTS: dict[str, int] = {"full": 1, "masked": 16}
+
+
+class Loop:
+    """How one kernel prints its tile loop: loop variable, tile size, body and log row pointer."""
+
+    def __init__(self, tile_call: str, var: str, block: str, log_row: str, indent: str = "    ") -> None:
+        self.tile_call = tile_call
+        self.var = var
+        self.block = block
+        self.log_row = log_row
+        self.indent = indent
+
+    def body(self, masked: bool) -> list[str]:
+        weight = LOG_WEIGHTS["masked" if masked else "full"]
+        return [f"    {self.tile_call.format(masked='True' if masked else 'False')}",
+                "    if LOG_TILES:",
+                f"        tl.atomic_add({self.log_row} + {self.var} // {self.block}, {weight})"]
+
+    def for_range(self, lo: str, hi: str, masked: bool) -> list[str]:
+        return [f"for {self.var} in range({lo}, {hi}, {self.block}):", *self.body(masked)]
+
+
+def _segment(k: int, total: int, seg: Segment, swept: str, pr: TritonPrinter, loop: Loop) -> list[str]:
+    """Tile loops of one segment: masked edge tiles, mask-free full tiles, masked edge tiles."""
+    block = loop.block
+    lines = [f"# segment {k + 1} of {total}: {swept} where {comment_text(str(seg.conjunct))}",
+             f"#   visited {swept}: [{comment_text(f'{seg.lo}, {seg.hi}')})",
+             f"seg_lo = tl.maximum(({pr.p(seg.lo)}) // {block} * {block}, visited_end)",
+             f"seg_end = tl.maximum(tl.cdiv({pr.p(seg.hi)}, {block}) * {block}, seg_lo)"]
+    if seg.full_lo is None or seg.full_hi is None:
+        lines += ["#   no tile is known to be full: every tile evaluates the mask",
+                  *loop.for_range("seg_lo", "seg_end", True)]
+    else:
+        lines += [f"#   full (mask-free) tiles inside: [{comment_text(f'{seg.full_lo}, {seg.full_hi}')})",
+                  f"full_lo = tl.minimum(tl.maximum(tl.cdiv({pr.p(seg.full_lo)}, {block}) * {block}, seg_lo), seg_end)",
+                  f"full_hi = tl.maximum(tl.minimum(({pr.p(seg.full_hi)}) // {block} * {block}, seg_end), full_lo)"]
+        for lo, hi, masked in (("seg_lo", "full_lo", True), ("full_lo", "full_hi", False),
+                               ("full_hi", "seg_end", True)):
+            lines += loop.for_range(lo, hi, masked)
+    lines.append("visited_end = seg_end")
+    return lines
+
+
+def _emit_segments(plan: SegmentPlan, pr: TritonPrinter, loop: Loop) -> list[str]:
+    segs = plan.segments
+    if not segs:
+        return ["pass  # the mask is never true: no tile is visited"]
+    lines = [f"visited_end = tl.full([], 0, tl.int32)  # {plan.swept[:-1]} tiles below this were swept by an earlier segment"]
+    for i, seg in enumerate(segs):
+        lines += _segment(i, len(segs), seg, plan.swept, pr, loop)
+    return lines
+
+
+EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments}
+
+
+def emit_plan(plan: Plan, pr: TritonPrinter, loop: Loop) -> str:
+    """The tile loops of ``plan``; bounds are printed by ``pr`` (which names the row tile's bounds)."""
+    emitter = EMITTERS.get(plan.kind)
+    if emitter is None:
+        raise ValueError(f"no emitter for plan kind {plan.kind!r}")
+    return "\n".join(loop.indent + line for line in emitter(plan, pr, loop))

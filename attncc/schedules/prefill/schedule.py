@@ -1,0 +1,143 @@
+"""The ``prefill`` schedule: tiled online-softmax forward and FlashAttention-2 style backward.
+
+Forward and dQ: one program per query tile and (batch, head), sweeping key tiles; dK/dV: one
+program per key tile and (batch, key/value head), sweeping query tiles of every query head that
+reads it.  Each kernel's sweep is a :class:`~attncc.passes.plans.SegmentPlan` of the symbolic mask
+analysis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from attncc.passes.lowered import Lowered, Lowering
+from attncc.passes.plans import Plan, segment_plan
+from attncc.schedules.base import KernelDecl, Schedule
+from attncc.schedules.prefill import render, stats
+from attncc.schedules.space import ConfigSpace
+
+if TYPE_CHECKING:
+    from attncc.autotune.tunable import Shape
+
+# Kernel kind -> head dim bound -> default config.  Chosen from an ahead-of-time sweep so that
+# head dims 64 and 128 (fp16, bf16) have zero spills on sm_90 for every spec tested by
+# tests/codegen/test_aot_specs.py; 256 is a conservative guess (not part of that guarantee).
+DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
+    "fwd": {
+        64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+        128: {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},
+        256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+    },
+    "bwd": {
+        64: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
+        128: {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 1},
+        256: {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
+    },
+}
+
+_TILES = (16, 32, 64, 128)
+
+
+def _tile_ok(config: Mapping[str, int]) -> bool:
+    """At least four accumulator elements per thread in the BLOCK_M x BLOCK_N tile."""
+    return config["BLOCK_M"] * config["BLOCK_N"] >= 128 * config["num_warps"]
+
+
+SPACE = ConfigSpace({"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4)},
+                    valid=_tile_ok)
+
+ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+BWD_FLOP_FACTOR = 2.5  # dQ, dK, dV and the recomputed QK^T, relative to the forward
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pad(extent: int, block: int) -> float:
+    return _cdiv(extent, block) * block / extent
+
+
+class PrefillSchedule(Schedule):
+    name = "prefill"
+    description = ("grid (cdiv(M, BLOCK_M), B*H); each program owns one query tile and sweeps its key segments "
+                   "tile by tile: masked tiles at segment edges, unmasked full tiles in between")
+    kernels = (
+        KernelDecl("attn_fwd", "fwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "O"), ("LSE",),
+                   ("TILE_LOG",)),
+        KernelDecl("attn_bwd_dkdv", "bwd", "queries", "(cdiv(N, BLOCK_N), B*HK)",
+                   ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA"), ("TILE_LOG",)),
+        KernelDecl("attn_bwd_dq", "bwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "DO", "DQ"),
+                   ("LSE", "DELTA", "CG_row", "CG_full"), ("TILE_LOG",)),
+    )
+    default_configs = DEFAULT_CONFIGS
+
+    def applies(self, low: Lowering) -> bool:
+        """Any cascade with an online-softmax node (the other schedules are tried first)."""
+        return any(d["op"] == "online_softmax" for _, d in low.graph.nodes(data=True))
+
+    def plan(self, kernel: KernelDecl, low: Lowering) -> Plan:
+        analysis = low.mask_keys if kernel.sweeps == "keys" else low.mask_queries
+        if analysis is None:
+            raise ValueError("plan_iteration runs after analyse_mask")
+        return segment_plan(analysis, kernel.sweeps)
+
+    def template_text(self) -> str:
+        return render.module_text()
+
+    def render(self, low: Lowered, source_key: str) -> str:
+        return render.render(low, source_key)
+
+    def space(self, kind: str) -> ConfigSpace:
+        self._check_kind(kind)
+        return SPACE
+
+    def flops(self, kind: str, shape: Shape) -> float:
+        f = 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
+        return f * (BWD_FLOP_FACTOR if self._check_kind(kind) == "bwd" else 1.0)
+
+    def bytes_moved(self, kind: str, shape: Shape, dtype: str, config: Mapping[str, int]) -> float:
+        """Q and O once; K and V once per query tile (the prefill schedule re-reads them)."""
+        e = ELEM_BYTES[dtype]
+        q_o = shape.B * shape.H * shape.M * (shape.D + shape.E) * e
+        kv = shape.B * shape.H * shape.N * (shape.D + shape.E) * e
+        total = q_o + kv * _cdiv(shape.M, int(config["BLOCK_M"]))
+        return total * (2.0 if self._check_kind(kind) == "bwd" else 1.0)
+
+    def programs(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
+        """fwd: B*H*cdiv(M, BLOCK_M); bwd (its dK/dV kernel): B*H*cdiv(N, BLOCK_N)."""
+        extent, block = (shape.M, "BLOCK_M") if self._check_kind(kind) == "fwd" else (shape.N, "BLOCK_N")
+        return shape.B * shape.H * _cdiv(extent, config[block])
+
+    def inner_iterations(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
+        """fwd: N/BLOCK_N key tiles; bwd: M/BLOCK_M query tiles (dense bound)."""
+        extent, block = (shape.N, "BLOCK_N") if self._check_kind(kind) == "fwd" else (shape.M, "BLOCK_M")
+        return _cdiv(extent, config[block])
+
+    def padding(self, kind: str, shape: Shape, config: Mapping[str, int]) -> float:
+        self._check_kind(kind)
+        return _pad(shape.M, config["BLOCK_M"]) * _pad(shape.N, config["BLOCK_N"])
+
+    def benchmark_call(self, module: Any, kind: str, inputs: Mapping[str, Any], config: Mapping[str, int],
+                       captures: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
+        """fwd: ``attention_forward``; bwd: ``attention_backward`` of a forward run once up front."""
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        cfg, caps = dict(config), dict(captures)
+        if self._check_kind(kind) == "fwd":
+            return lambda: module.attention_forward(q, k, v, config=cfg, captures=caps, **params)
+        o, lse = module.attention_forward(q, k, v, config=cfg, captures=caps, **params)
+        do = o.new_empty(o.shape).normal_()
+        return lambda: module.attention_backward(q, k, v, o, lse, do, config=cfg, captures=caps, **params)
+
+    def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
+                tiles: tuple[int, int] | None) -> dict[str, Any]:
+        return stats.explain_section(self, low, shape, params, tiles)
+
+    def _check_kind(self, kind: str) -> str:
+        if kind not in self.kinds:
+            raise KeyError(f"the {self.name} schedule has no kernels of kind {kind!r} ({', '.join(self.kinds)})")
+        return kind
+
+
+PREFILL = PrefillSchedule()

@@ -1,0 +1,106 @@
+"""The prefill schedule's section of ``attncc explain``: kernels, plans and tile statistics.
+
+Tile statistics evaluate the forward kernel's iteration plan (:meth:`Plan.visits`) for every query
+tile of a shape: the same plan object the kernel's loops are printed from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from attncc.errors import InputError
+from attncc.ir import expr as E
+from attncc.ir.evaluate import evaluate
+from attncc.passes.lowered import Lowered
+from attncc.passes.plans import Plan, tile_env
+
+if TYPE_CHECKING:
+    from attncc.schedules.base import Schedule
+
+
+@dataclass
+class TileStats:
+    """Key tiles per query tile, summed over the grid, for one shape and tile config."""
+
+    block_m: int
+    block_n: int
+    total: int      # every (query tile, key tile) pair
+    visited: int    # pairs the kernel loads
+    full: int       # visited without evaluating the mask
+    partial: int    # visited with the mask evaluated elementwise
+    non_empty: int | None  # pairs that hold at least one unmasked element (None: too many to count)
+
+
+# Work bounds of the statistics (they evaluate the plan on the CPU).
+MAX_QUERY_TILES = 2**14      # beyond this many query tiles, no statistics at all
+MAX_MASK_ELEMENTS = 2**28    # beyond this many (m, n) pairs, non_empty is not counted
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def tile_stats(low: Lowered, plan: Plan, shape: tuple[int, ...], bm: int, bn: int,
+               params: Mapping[str, Any] | None = None) -> TileStats | None:
+    """Statistics of ``plan`` (a key sweep) for ``shape = (B, H, M, N, D[, E])``; None when the mask
+    reads captured tensors or the shape has more than :data:`MAX_QUERY_TILES` query tiles."""
+    mask = low.mask
+    if E.loads(mask) or _cdiv(shape[2], bm) > MAX_QUERY_TILES:
+        return None
+    B, H, M, N, D = shape[:5]
+    count_elements = M * N <= MAX_MASK_ELEMENTS
+    params = params or {}
+    sizes = {"B": B, "H": H, "HK": H, "M": M, "N": N, "D": D, "E": shape[5] if len(shape) > 5 else D}
+    values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
+    heads = B * H if {E.b, E.h} & mask.free_symbols else 1
+    visited = full = non_empty = 0
+    n_idx = torch.arange(N).view(1, -1)
+    for pid in range(_cdiv(M, bm)):
+        first, last = pid * bm, min(pid * bm + bm, M) - 1
+        tiles = plan.visits(tile_env(plan, sizes, values, first, last), bn)
+        visited += len(tiles)
+        full += sum(1 for t in tiles if not t.masked)
+        if not count_elements:
+            continue
+        env = {**tile_env(plan, sizes, values, first, last), E.m: torch.arange(first, last + 1).view(-1, 1), E.n: n_idx}
+        keep = torch.as_tensor(evaluate(mask, env, {})).expand(last - first + 1, N)
+        pad = torch.zeros(keep.shape[0], _cdiv(N, bn) * bn, dtype=torch.bool)
+        pad[:, :N] = keep
+        non_empty += int(pad.view(keep.shape[0], -1, bn).any(2).any(0).sum())
+    scale = B * H if heads == 1 else 1  # b/h-dependent masks were evaluated at b = h = 0 only
+    total = _cdiv(M, bm) * _cdiv(N, bn) * B * H
+    return TileStats(bm, bn, total, visited * scale, full * scale, (visited - full) * scale,
+                     non_empty * scale if count_elements else None)
+
+
+def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
+                    tiles: tuple[int, int] | None) -> dict[str, Any]:
+    """``schedule``, ``plans`` and (for a shape) ``shape``/``tiles`` entries of ``attncc explain``."""
+    analysis = low.mask_keys
+    out: dict[str, Any] = {
+        "schedule": {"name": schedule.name, "description": schedule.description,
+                     "kernels": [{"name": k.name, "kind": k.kind, "grid": k.grid, "plan": low.plan(k.name).kind,
+                                  "sweeps": k.sweeps} for k in schedule.kernels]},
+        "mask": {"predicate": str(analysis.predicate), "analysis": analysis.note,
+                 "segments": [{"keys": d["keys"], "full": d["full"]} for d in low.plan("attn_fwd").describe()]},
+    }
+    if shape is None:
+        return out
+    if tiles is None:
+        cfg = schedule.default_config("fwd", shape[4])
+        tiles = (cfg["BLOCK_M"], cfg["BLOCK_N"])
+    bm, bn = tiles
+    try:
+        st = tile_stats(low, low.plan("attn_fwd"), shape, bm, bn, params)
+    except (RuntimeError, OverflowError) as exc:  # torch integer overflow on huge sizes or params
+        raise InputError(f"--shape/--param: tile statistics overflow ({str(exc).splitlines()[0]})") from None
+    out["shape"] = dict(zip("BHMNDE", shape, strict=False))
+    if st is None:
+        why = ("depends on captured tensor values" if E.loads(low.mask)
+               else f"not computed: more than {MAX_QUERY_TILES} query tiles")
+    out["tiles"] = asdict(st) if st else why
+    return out
