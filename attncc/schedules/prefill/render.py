@@ -16,6 +16,7 @@ import networkx as nx
 import sympy as sp
 
 from attncc.schedules.prefill.backward import backward_hooks as _backward_hooks
+from attncc.codegen.launch_text import launch_source
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.loops import segments_code as _segments
 from attncc.codegen.loops import tile_shaped
@@ -51,7 +52,7 @@ def template_text(name: str) -> str:
 
 def schedule_templates(name: str) -> str:
     """All template text a schedule renders (forward + backward), for cache keys."""
-    return template_text(name) + template_text("prefill_bwd")
+    return template_text(name) + template_text("prefill_bwd") + launch_source()
 
 
 class _Context:
@@ -185,6 +186,8 @@ def render(g: nx.DiGraph, source_key: str) -> str:
         "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in spec.captures.values()]),
         "PARAM_DEFAULTS": py_literal({p.name: p.default for p in spec.params.values()}),
         "GQA_CHECK": gqa,
+        "GQA": py_literal(bool(spec.is_gqa)),
+        "LAUNCH": launch_source(),
         "NO_SPECIALIZE": py_literal(["B", "H", "HK", "M", "N", *ctx.scalar_ints]),
     }
     hooks.update(bwd)
