@@ -49,7 +49,7 @@ MAX_HEAD_DIM = 256  # largest D and E the kernels take
 
 # --- input checks ---------------------------------------------------------------------------------
 
-def check_tensor_args(q, k, v) -> None:
+def check_tensor_args(q: object, k: object, v: object) -> None:
     """q, k, v are 4-D tensors (checked before anything reads their shapes)."""
     for label, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, torch.Tensor):
@@ -58,7 +58,7 @@ def check_tensor_args(q, k, v) -> None:
             raise LaunchError(f"{label} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
 
 
-def check_qkv(q, k, v, gqa: bool) -> None:
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool) -> None:
     """q ``[B, H, M, D]``, k ``[B, HK, N, D]``, v ``[B, HK, N, E]``: one supported dtype and device,
     matching sizes, 1 <= D, E <= MAX_HEAD_DIM; HK == H, or with ``gqa`` H a multiple of HK."""
     check_tensor_args(q, k, v)
@@ -94,7 +94,7 @@ def check_heads(H: int, HK: int, gqa: bool) -> None:
         raise LaunchError(f"query has {H} heads, key/value {HK}; use a GQA spec or enable_gqa=True")
 
 
-def check_captures(q, captures: dict, expected) -> None:
+def check_captures(q: torch.Tensor, captures: dict, expected: list | tuple) -> None:
     """``captures`` (name -> tensor) holds each ``(name, dims)`` of ``expected`` on q's device with
     that many dims; ``dims`` is the number of dims or a tuple of their names."""
     missing = [name for name, _ in expected if name not in captures]
@@ -112,7 +112,8 @@ def check_captures(q, captures: dict, expected) -> None:
             raise LaunchError(f"captured '{name}' on {t.device}, query on {q.device}")
 
 
-def check_inputs(q, k, v, captures: dict, expected, gqa: bool) -> None:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: dict, expected: list | tuple,
+                 gqa: bool) -> None:
     """:func:`check_qkv` then :func:`check_captures`."""
     check_qkv(q, k, v, gqa)
     check_captures(q, captures, expected)
@@ -134,16 +135,16 @@ def compute_dtype(dtype: torch.dtype, interpreted: bool) -> torch.dtype:
     return torch.float32 if dtype == torch.bfloat16 and interpreted else dtype
 
 
-def upcast(tensors, dtype: torch.dtype):
+def upcast(tensors: tuple | dict, dtype: torch.dtype) -> tuple | dict:
     """``tensors`` (a tuple, or a dict of captures) with bf16 ones converted to ``dtype``."""
-    def conv(t):
+    def conv(t: torch.Tensor) -> torch.Tensor:
         return t.to(dtype) if t.dtype == torch.bfloat16 and dtype != torch.bfloat16 else t
     if isinstance(tensors, dict):
         return {name: conv(t) for name, t in tensors.items()}
     return tuple(conv(t) for t in tensors)
 
 
-def dot_precision(dtype) -> str:
+def dot_precision(dtype: torch.dtype | str) -> str:
     """``tl.dot``'s input precision for operands of ``dtype`` (a torch dtype or its short name):
     exact ``ieee`` for fp32, else ``tf32`` (which fp16/bf16 dots do not use)."""
     return "ieee" if dtype in (torch.float32, "fp32", "float32") else "tf32"
@@ -154,7 +155,7 @@ def block_dim(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def kernel_constexprs(D: int, E: int, config: dict, dtype) -> dict:
+def kernel_constexprs(D: int, E: int, config: dict, dtype: torch.dtype | str) -> dict:
     """Constexpr arguments shared by the kernels for head dims D (q, k) and E (v), tiles ``config``
     (BLOCK_M, BLOCK_N) and compute ``dtype``."""
     return {"HEAD_D": D, "HEAD_E": E, "BLOCK_D": block_dim(D), "BLOCK_E": block_dim(E),
@@ -166,7 +167,7 @@ def launch_options(config: dict) -> dict:
     return {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
 
 
-def default_scale(scale, D: int) -> float:
+def default_scale(scale: float | None, D: int) -> float:
     """The score scale: ``scale``, else 1/sqrt(D)."""
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
@@ -183,7 +184,7 @@ def table_config(table: dict, head_dim: int, kind: str) -> dict:
     return dict(by_bound[max(by_bound)])
 
 
-def check_config_value(key: str, val, allowed, label: str = "config") -> None:
+def check_config_value(key: str, val: object, allowed: tuple, label: str = "config") -> None:
     """``val`` of config entry ``key`` is an int among ``allowed``."""
     if isinstance(val, bool) or not isinstance(val, int):
         raise LaunchError(f"{label} {key}={val!r} must be an int in {list(allowed)}")
@@ -199,7 +200,7 @@ def check_config(config: dict, label: str = "config") -> None:
         check_config_value(key, val, CONFIG_VALUES[key], label)
 
 
-def launch_config(table: dict, head_dim: int, kind: str, config) -> dict:
+def launch_config(table: dict, head_dim: int, kind: str, config: dict | None) -> dict:
     """The default config of ``kind`` at ``head_dim`` (from ``table``) overridden by ``config``, checked."""
     cfg = {**table_config(table, head_dim, kind), **(config or {})}
     check_config(cfg)
@@ -208,19 +209,19 @@ def launch_config(table: dict, head_dim: int, kind: str, config) -> dict:
 
 # --- arguments ------------------------------------------------------------------------------------
 
-def is_empty(q, k) -> bool:
+def is_empty(q: torch.Tensor, k: torch.Tensor) -> bool:
     """No query row or no key: the result is known without a launch (o = 0, lse = -inf)."""
     return q.shape[0] * q.shape[1] * q.shape[2] == 0 or k.shape[2] == 0
 
 
-def empty_forward(q, E: int, dtype: torch.dtype):
+def empty_forward(q: torch.Tensor, E: int, dtype: torch.dtype) -> tuple:
     """(o [B, H, M, E] zeros of ``dtype``, lse [B, H, M] -inf fp32) of a problem without a launch."""
     B, H, M = q.shape[:3]
     return (torch.zeros((B, H, M, E), dtype=dtype, device=q.device),
             torch.full((B, H, M), float("-inf"), dtype=torch.float32, device=q.device))
 
 
-def ctx_args(captures: dict, params: dict, expected, param_names) -> list:
+def ctx_args(captures: dict, params: dict, expected: list | tuple, param_names: dict | list) -> list:
     """Kernel arguments after the fixed ones: per captured tensor of ``expected`` (``(name, dims)``
     in kernel order) the tensor (bool as int8), its strides and sizes; then the values of
     ``param_names`` from ``params``."""
