@@ -9,8 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-import triton
-
+from attncc.codegen import launch
 from attncc.codegen.report import KernelReport
 from attncc.errors import CompileError
 from attncc.runtime.api import CompiledAttention, compile_spec
@@ -28,13 +27,8 @@ def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_d
     kernel = getattr(fn.module, decl.name)
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
-    constexprs: dict[str, Any] = {
-        "HEAD_D": head_dim, "HEAD_E": head_dim_v,
-        "BLOCK_D": max(16, triton.next_power_of_2(head_dim)), "BLOCK_E": max(16, triton.next_power_of_2(head_dim_v)),
-        "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
-        "DOT_PRECISION": "ieee" if elem == "fp32" else "tf32", "WRITE_FULL": bool(spec.captures),
-        "LOG_TILES": False,
-    }
+    constexprs: dict[str, Any] = {**launch.kernel_constexprs(head_dim, head_dim_v, config, elem),
+                                  "WRITE_FULL": bool(spec.captures), "LOG_TILES": False}
     constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:

@@ -3,37 +3,37 @@
 Everything a caller passes goes through here once, before the ``attncc::fwd`` op: tensors
 (:func:`validate`), captured tensors and params by keyword (:func:`split_kwargs`), param values
 (:func:`encode_params`), the launch config and torch's ``kernel_options`` (:func:`encode_config`).
-Each problem is a one-line :class:`InputError` naming the argument.  The standalone module's
-host code (``codegen/templates``) repeats the few checks the kernel itself needs.
+Each problem is a one-line :class:`InputError` naming the argument.  The checks a kernel launch
+itself needs (tensors, captures, config values, the config table) are those of the host launch
+layer, :mod:`attncc.codegen.launch`, whose text every generated module carries; here its
+:class:`~attncc.codegen.launch.LaunchError` becomes an ``InputError`` prefixed with the caller's name.
+The checks only this front end makes (argument types, capture lengths, param ranges, config
+prefixes and torch's ``kernel_options``) live here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from attncc.codegen import launch
 from attncc.errors import InputError
 
 if TYPE_CHECKING:
     from attncc.runtime.ops import SpecInfo
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_DTYPES = launch.SUPPORTED_DTYPES
 
 # Integer params enter the kernel's int32 index arithmetic (``m + window + 1`` and the like):
 # within +-2**30 such sums of a param and an index stay inside int32.
 INT_PARAM_LIMIT = 2**30
 FP32_MAX = 3.4028234663852886e38  # float params and the scale are fp32 in the kernel
 
-# The launch config: key -> allowed values (tl.dot needs tiles of at least 16; tl.arange powers of two).
-CONFIG_VALUES: dict[str, tuple[int, ...]] = {
-    "BLOCK_M": (16, 32, 64, 128, 256),
-    "BLOCK_N": (16, 32, 64, 128, 256),
-    "num_warps": (1, 2, 4, 8, 16, 32),
-    "num_stages": (1, 2, 3, 4, 5, 6, 7, 8),
-}
+CONFIG_VALUES = launch.CONFIG_VALUES  # the launch config: key -> allowed values (one table)
 KIND_PREFIXES = ("fwd_", "bwd_")  # ``fwd_BLOCK_M``: forward only, as in torch's kernel_options
 
 # torch's FlexKernelOptions keys that have no meaning for attncc's kernels: accepted in
@@ -47,57 +47,32 @@ TORCH_IGNORED_OPTIONS = frozenset({
 
 def check_tensor_args(name: str, q: Any, k: Any, v: Any) -> None:
     """query/key/value are 4-D tensors (checked before anything reads their shapes)."""
-    for label, t in (("query", q), ("key", k), ("value", v)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: {label} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise InputError(f"{name}: {label} must be 4-D [B, H, L, D], got shape {tuple(t.shape)}")
+    with _as_input_error(name):
+        launch.check_tensor_args(q, k, v)
+
+
+@contextmanager
+def _as_input_error(name: str) -> Iterator[None]:
+    """A :class:`launch.LaunchError` raised inside becomes ``InputError("<name>: <message>")``."""
+    try:
+        yield
+    except launch.LaunchError as exc:
+        raise InputError(f"{name}: {exc}") from None
 
 
 def validate(info: SpecInfo, q: Any, k: Any, v: Any, captures: Sequence[Any]) -> None:
     """One-line :class:`InputError` for tensors the kernel cannot take."""
-    name = info.name
-    check_tensor_args(name, q, k, v)
-    for label, t in (("query", q), ("key", k), ("value", v)):
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise InputError(f"{name}: {label} dtype {t.dtype} not supported (fp16, bf16, fp32)")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise InputError(f"{name}: query/key/value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise InputError(f"{name}: query/key/value on different devices: {q.device}, {k.device}, {v.device}")
-    B, H, M, D = q.shape
-    if k.shape[0] != B or v.shape[0] != B:
-        raise InputError(f"{name}: batch sizes differ: query {B}, key {k.shape[0]}, value {v.shape[0]}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise InputError(f"{name}: key {tuple(k.shape)} and value {tuple(v.shape)} differ in heads or length")
-    if k.shape[3] != D:
-        raise InputError(f"{name}: query head dim {D} != key head dim {k.shape[3]}")
-    if D == 0 or v.shape[3] == 0:
-        raise InputError(f"{name}: head dims must be at least 1 (query {D}, value {v.shape[3]})")
-    if D > 256 or v.shape[3] > 256:
-        raise InputError(f"{name}: head dims above 256 are not supported (D={D}, E={v.shape[3]})")
-    HK = k.shape[1]
-    if info.gqa:
-        if HK == 0 and H != 0:
-            raise InputError(f"{name}: key has 0 heads, query {H}")
-        if HK != 0 and H % HK != 0:
-            raise InputError(f"{name}: query heads {H} not divisible by key/value heads {HK}")
-    elif HK != H:
-        raise InputError(f"{name}: query has {H} heads, key/value {HK}; use a GQA spec or enable_gqa=True")
+    with _as_input_error(info.name):
+        launch.check_qkv(q, k, v, info.gqa)
+    B, H, M, _ = q.shape
     _check_captures(info, q, captures, {"B": B, "H": H, "M": M, "N": k.shape[2]})
 
 
 def _check_captures(info: SpecInfo, q: torch.Tensor, captures: Sequence[Any], sizes: Mapping[str, int]) -> None:
     name = info.name
-    for (cname, dims, _), t in zip(info.captures, captures, strict=True):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name}: captured '{cname}' must be a tensor")
-        if t.dim() != len(dims):
-            raise InputError(f"{name}: captured '{cname}' must be {len(dims)}-D [{' '.join(dims)}], "
-                             f"got {tuple(t.shape)}")
-        if t.device != q.device:
-            raise InputError(f"{name}: captured '{cname}' on {t.device}, query on {q.device}")
     by_name = dict(zip((c[0] for c in info.captures), captures, strict=True))
+    with _as_input_error(name):
+        launch.check_captures(q, by_name, [(cname, dims) for cname, dims, _ in info.captures])
     index_name = {"B": "b", "H": "h", "M": "q_idx", "N": "kv_idx"}
     for cname, dim, size in info.bare_indices:
         t = by_name[cname]
@@ -186,11 +161,8 @@ def encode_config(name: str, config: Mapping[str, Any] | None, *, label: str = "
             known = sorted(CONFIG_VALUES) + (["(torch's other kernel_options)"] if torch_options else [])
             raise InputError(f"{name}: unknown {label} key {ckey!r} (expected one of {known}, "
                              f"optionally prefixed fwd_ or bwd_)")
-        allowed = CONFIG_VALUES[base]
-        if isinstance(val, bool) or not isinstance(val, int):
-            raise InputError(f"{name}: {label} {ckey}={val!r} must be an int in {list(allowed)}")
-        if val not in allowed:
-            raise InputError(f"{name}: {label} {ckey}={val} is not one of {list(allowed)}")
+        with _as_input_error(name):
+            launch.check_config_value(ckey, val, CONFIG_VALUES[base], label)
         keys.append(ckey)
         values.append(val)
     return keys, values
@@ -205,4 +177,4 @@ def config_for_kind(keys: Sequence[str], values: Sequence[int], kind: str) -> di
 
 def is_empty(q: torch.Tensor, k: torch.Tensor) -> bool:
     """No query row or no key: the result is known without a launch (o = 0, lse = -inf)."""
-    return q.shape[0] * q.shape[1] * q.shape[2] == 0 or k.shape[2] == 0
+    return launch.is_empty(q, k)

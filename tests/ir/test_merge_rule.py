@@ -12,8 +12,8 @@ import torch
 
 from attncc.codegen import cache
 from attncc.codegen.merge import finalize_state_torch, merge_source, merge_states_torch
-from attncc.ir.verify import IRError, verify
 from attncc.compiler import lower
+from attncc.ir.verify import IRError, verify
 from attncc.spec.loader import resolve
 
 R, N, E = 7, 77, 5

@@ -6,11 +6,11 @@ import networkx as nx
 import pytest
 import sympy as sp
 
+from attncc.compiler import PIPELINE, lower, start
 from attncc.ir import expr as E
 from attncc.ir.build import build_cascade
 from attncc.ir.graph import add_node, sweeps_over
 from attncc.ir.verify import IRError, verify
-from attncc.compiler import PIPELINE, lower, start
 from attncc.spec.loader import library, resolve
 
 

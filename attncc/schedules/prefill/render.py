@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sympy as sp
 
+from attncc.codegen.launch_text import launch_source
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.plans import Loop, emit_plan
 from attncc.codegen.printer import HELPERS, TritonPrinter, tile_shaped
@@ -43,9 +44,14 @@ def template_text(name: str) -> str:
     return (TEMPLATE_DIR / f"{name}.py.tmpl").read_text()
 
 
-def module_text() -> str:
-    """All template text the module is rendered from (forward + backward), for cache keys."""
+def template_source() -> str:
+    """The schedule's templates (forward + backward), the text the hooks are filled into."""
     return "".join(template_text(t) for t in TEMPLATES)
+
+
+def module_text() -> str:
+    """All text the module is made from (templates and the emitted host launch layer), for cache keys."""
+    return template_source() + launch_source()
 
 
 class _Context:
@@ -142,14 +148,6 @@ def _softmax_hooks(low: Lowered) -> dict[str, str]:
     return {"SOFTMAX_UPDATE": "\n".join(update), "SOFTMAX_FINALIZE": "\n".join(final)}
 
 
-def _gqa_check(low: Lowered) -> str:
-    if low.is_gqa:
-        return ("    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:\n"
-                "        raise ValueError(f\"GQA needs H ({q.shape[1]}) divisible by HK ({k.shape[1]})\")")
-    return ("    if q.shape[1] != k.shape[1]:\n        raise ValueError(f\"q has {q.shape[1]} heads but k/v have "
-            "{k.shape[1]}; this spec has no grouped-query head map\")")
-
-
 def _helper_source(names: set[str], variant: Variant) -> str:
     out = []
     for name in sorted(names):
@@ -187,7 +185,8 @@ def render(low: Lowered, source_key: str) -> str:
         "DEFAULT_CONFIGS": py_literal({k: dict(v) for k, v in low.schedule.default_configs.items()}),
         "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in variant.captures]),
         "PARAM_DEFAULTS": py_literal({p.name: p.default for p in variant.params}),
-        "GQA_CHECK": _gqa_check(low),
+        "GQA": py_literal(bool(low.is_gqa)),
+        "LAUNCH": launch_source(),
         "NO_SPECIALIZE": py_literal(["B", "H", "HK", "M", "N", *ctx.scalar_ints]),
         **_softmax_hooks(low),
     }
@@ -196,4 +195,4 @@ def render(low: Lowered, source_key: str) -> str:
     hooks.update(bwd)
     hooks["HELPERS"] = _helper_source(helpers, variant)
     hooks["DMOD_DOC"] = doc_text(bwd["DMOD_DOC"])
-    return fill_hooks(module_text(), hooks)
+    return fill_hooks(template_source(), hooks)

@@ -1,0 +1,26 @@
+"""The text of the host launch layer (:mod:`attncc.codegen.launch`) as emitted into generated modules."""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+LAUNCH_PATH = Path(__file__).with_name("launch.py")
+
+
+def launch_file_text() -> str:
+    """The whole of ``launch.py`` (for cache keys: a change anywhere in it changes them)."""
+    return LAUNCH_PATH.read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def launch_source() -> str:
+    """``launch.py`` without its module docstring: the text the ``{{LAUNCH}}`` hook emits."""
+    text = launch_file_text()
+    body = ast.parse(text).body
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        raise ValueError(f"{LAUNCH_PATH}: expected a module docstring first")
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[body[0].end_lineno:]).strip("\n") + "\n"
