@@ -18,10 +18,11 @@ from reference import assert_close_to_golden, reference
 
 import attncc
 from attncc.cli import main
-from attncc.codegen import generate, launch
+from attncc.codegen import launch
 from attncc.codegen.launch_text import LAUNCH_PATH, launch_source
-from attncc.runtime.aot_spec import KERNELS, kernel_signature
-from attncc.schedules.prefill.render import DEFAULT_CONFIGS
+from attncc.compiler import generate
+from attncc.runtime.aot_spec import kernel_signature
+from attncc.schedules.prefill.schedule import DEFAULT_CONFIGS, PREFILL
 from attncc.spec.loader import resolve
 
 
@@ -87,10 +88,10 @@ def test_aot_signature_uses_kernel_constexprs(D: int, E: int, dtype: str, precis
     want = launch.kernel_constexprs(D, E, cfg, dtype)
     assert want["DOT_PRECISION"] == precision, f"{dtype}: dot precision {want['DOT_PRECISION']}"
     assert want["BLOCK_D"] == launch.block_dim(D) and want["BLOCK_E"] == launch.block_dim(E), "block dims"
-    for kernel in (*KERNELS["fwd"], *KERNELS["bwd"]):
-        _, constexprs = kernel_signature(fn, kernel, dtype, D, E, cfg)
-        shared = {k: v for k, v in constexprs.items() if k != "WRITE_FULL"}
-        assert shared == want, f"{kernel} [{dtype}, D={D}, E={E}]: AOT constexprs {shared} != {want}"
+    for decl in PREFILL.kernels:
+        _, constexprs = kernel_signature(fn, decl, dtype, D, E, cfg)
+        shared = {k: v for k, v in constexprs.items() if k not in ("WRITE_FULL", "LOG_TILES")}
+        assert shared == want, f"{decl.name} [{dtype}, D={D}, E={E}]: AOT constexprs {shared} != {want}"
 
 
 class _Recorder:
@@ -108,8 +109,8 @@ def test_module_launches_use_kernel_constexprs(D: int, E: int, monkeypatch: pyte
     """What the generated module passes to its kernels is what aot_spec compiles for."""
     fn = attncc.load("causal")
     module = fn.module
-    names = (*KERNELS["fwd"], *KERNELS["bwd"])
-    aot = {name: kernel_signature(fn, name, "fp32", D, E, SMALL_TILES)[1] for name in names}
+    names = tuple(d.name for d in PREFILL.kernels)
+    aot = {d.name: kernel_signature(fn, d, "fp32", D, E, SMALL_TILES)[1] for d in PREFILL.kernels}
     recorders = {name: _Recorder() for name in names}
     for name, rec in recorders.items():
         monkeypatch.setattr(module, name, rec)
