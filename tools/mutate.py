@@ -38,9 +38,11 @@ IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache"
                                  ".venv", "venv", "results")
 
 PRINTER = "attncc/codegen/printer.py"
-FWD = "attncc/schedules/prefill/templates/prefill_fwd.py.tmpl"
 BWD = "attncc/schedules/prefill/templates/prefill_bwd.py.tmpl"
-LOOPS = "attncc/codegen/loops.py"
+SOFTMAX = "attncc/passes/online_softmax.py"  # the rule tables the kernels print their update from
+LOOPS = "attncc/codegen/plans.py"
+PLANS = "attncc/passes/plans.py"
+TILE_PLAN = "tests/codegen/test_tile_plan.py"
 ANALYSIS = "attncc/passes/mask_analysis.py"
 BACKWARD = "attncc/schedules/prefill/backward.py"
 
@@ -71,22 +73,25 @@ MUTATIONS: tuple[Mutation, ...] = (
              "    return r + (((r != 0) & ((r < 0) != (b < 0))).to(r.dtype) * b)\n", "    return r\n",
              (FLEX, "-k", "negative_mod"),
              "_pymod keeps the sign of the dividend (C's %, not Python's)"),
-    Mutation("ln2_truncated", FWD, "LN2 = tl.constexpr(0.6931471805599453)", "LN2 = tl.constexpr(0.69314)",
+    Mutation("lse_log_dropped", SOFTMAX, "(m_ + sp.log(l_safe), True)", "(m_, True)",
              (FLEX, "-k", "test_flex_matches_torch_fp32 and (causal or alibi)"),
-             "lse's log2 -> ln factor off by 7e-6 (lse off by ~1e-5)"),
-    Mutation("acc_not_rescaled", FWD, "acc = acc * alpha[:, None] + tl.dot(", "acc = acc + tl.dot(",
+             "finalize rule: lse is the row max, without log(l)"),
+    Mutation("acc_not_rescaled", SOFTMAX, '"acc": alpha * acc + dot(p_tile, v_tile)', '"acc": acc + dot(p_tile, v_tile)',
              (SPECS, "-k", "causal and fp32"),
-             "online softmax drops the rescale of the accumulator when the row max grows"),
-    Mutation("l_not_rescaled", FWD, "l_i = l_i * alpha + tl.sum(p, 1)", "l_i = l_i + tl.sum(p, 1)",
+             "update rule: the accumulator is not rescaled when the row max grows"),
+    Mutation("l_not_rescaled", SOFTMAX, '"l": alpha * l_ + rowsum(p_tile)', '"l": l_ + rowsum(p_tile)',
              (SPECS, "-k", "causal and fp32"),
-             "online softmax drops the rescale of the row sum"),
-    Mutation("exp_instead_of_exp2", FWD, "p = tl.math.exp2(s - m_safe[:, None])", "p = tl.exp(s - m_safe[:, None])",
+             "update rule: the row sum is not rescaled"),
+    Mutation("p_shifted_by_old_max", SOFTMAX, '"p": sp.exp(s_tile - m_shift)', '"p": sp.exp(s_tile - m_)',
              (SPECS, "-k", "causal and fp32"),
-             "forward tile uses e^x on log2-scaled scores"),
-    Mutation("empty_row_max_not_guarded", FWD,
-             'm_safe = tl.where(m_new == float("-inf"), 0.0, m_new)', "m_safe = m_new",
+             "update rule: tile probabilities use the previous row max"),
+    Mutation("empty_row_max_not_guarded", SOFTMAX,
+             '"m_shift": sp.Piecewise((0, sp.Eq(m_new, -sp.oo)), (m_new, True))', '"m_shift": m_new',
              (EDGE, "-k", "rows_without_keys or rows_masked_by_score_mod"),
-             "rows with nothing unmasked yet compute exp2(-inf - -inf) = NaN"),
+             "update rule: rows with nothing unmasked yet compute exp(-inf - -inf) = NaN"),
+    Mutation("plan_full_flag_inverted", PLANS, "TileVisit(t, not (f0 <= t < f1))", "TileVisit(t, f0 <= t < f1)",
+             (TILE_PLAN, "-k", "causal-M77"),
+             "host-side plan evaluation swaps full and masked tiles (explain, tile statistics)"),
     Mutation("le_bound_off_by_one", ANALYSIS, "        return None, sp.floor(t) + 1\n",
              "        return None, sp.floor(t)\n",
              (EDGE, "-k", "single_query_decode"),

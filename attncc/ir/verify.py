@@ -10,6 +10,9 @@ from attncc.ir import expr as E
 from attncc.ir.graph import OPS
 from attncc.ir.variant import variant_of
 
+# Tile reductions an online-softmax update may call (printed by attncc.codegen.rules).
+TILE_FUNCTIONS = frozenset({"rowmax", "rowsum", "dot"})
+
 PRED_SYMBOLS = set(E.INDEX_SYMBOLS.values()) | set(E.SIZE_SYMBOLS.values())
 
 
@@ -70,6 +73,8 @@ def _verify_node(g: nx.DiGraph, node: str, d: dict, params: set[sp.Symbol]) -> N
             if not isinstance(d[key], dict) or not d[key]:
                 raise IRError(f"online_softmax '{node}': '{key}' must be a non-empty rule table")
         _verify_merge(node, tuple(d["state"]), d["merge"])
+        _verify_table(node, "update", d["update"], {*d["state"], "s", "v"}, TILE_FUNCTIONS, tuple(d["state"]))
+        _verify_table(node, "finalize", d["finalize"], set(d["state"]), frozenset(), ("O", "LSE"))
     elif op == "scan":
         if not d["state"]:
             raise IRError(f"scan '{node}' carries no state")
@@ -90,6 +95,24 @@ def _verify_merge(node: str, state: tuple[str, ...], rule: dict[str, sp.Basic]) 
     missing = [s for s in state if s not in rule]
     if missing:
         raise IRError(f"online_softmax '{node}': merge does not define {missing}")
+
+
+def _verify_table(node: str, label: str, rule: dict[str, sp.Basic], known: set[str], functions: frozenset[str],
+                  defines: tuple[str, ...]) -> None:
+    """An update/finalize table uses its inputs and earlier entries only, tile reductions only
+    where allowed, and defines ``defines``."""
+    known = set(known)
+    for key, expr in rule.items():
+        unknown = {str(s) for s in expr.free_symbols} - known
+        if unknown:
+            raise IRError(f"online_softmax '{node}': {label} entry '{key}' uses {sorted(unknown)}")
+        calls = {type(f).__name__ for f in expr.atoms(sp.core.function.AppliedUndef)} - functions
+        if calls:
+            raise IRError(f"online_softmax '{node}': {label} entry '{key}' calls {sorted(calls)}")
+        known.add(key)
+    missing = [s for s in defines if s not in rule]
+    if missing:
+        raise IRError(f"online_softmax '{node}': {label} does not define {missing}")
 
 
 def _load_names(expr: sp.Basic) -> set[sp.Basic]:

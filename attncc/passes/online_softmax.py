@@ -37,7 +37,6 @@ l_, p_tile, alpha, l_safe = sp.symbols("l p alpha l_safe", real=True)
 # Tile reductions the printers know: rowmax/rowsum over a tile's columns ([R, C] -> [R]) and
 # dot ([R, C] x [C, E] -> [R, E]).
 rowmax, rowsum, dot = sp.Function("rowmax"), sp.Function("rowsum"), sp.Function("dot")
-TILE_FUNCTIONS: frozenset[str] = frozenset({"rowmax", "rowsum", "dot"})
 
 UPDATE_INPUTS: tuple[sp.Symbol, ...] = (m_, l_, acc, s_tile, v_tile)
 # One key tile folded into the state (m, l, acc).  A row without an unmasked key so far has

@@ -42,7 +42,7 @@ def test_defaults_are_members_of_their_space(kind: str, head_dim: int, dtype: st
 
 
 def test_fwd_and_bwd_defaults_are_the_generated_modules_defaults() -> None:
-    from attncc.schedules.prefill.render import DEFAULT_CONFIGS
+    from attncc.schedules.prefill.schedule import DEFAULT_CONFIGS
 
     for kind in ("fwd", "bwd"):
         assert default_config(kind, 64, "fp16") == DEFAULT_CONFIGS[kind][64]

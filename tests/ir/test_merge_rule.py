@@ -162,3 +162,16 @@ def test_verify_rejects_an_unprintable_merge(g: nx.DiGraph) -> None:
     rule["m"] = g.nodes["OS"]["merge"]["m"]
     with pytest.raises(IRError, match="does not define"):
         verify(bad)
+
+
+def test_verify_rejects_a_broken_update_or_finalize() -> None:
+    for label, key, bad_expr, match in (
+            ("update", "l", sp.Function("rowmean")(sp.Symbol("s")), "rowmean"),
+            ("update", "acc", sp.Symbol("q_tile"), "q_tile"),
+            ("finalize", "O", sp.Symbol("v"), "uses")):
+        g = lower(resolve("causal")).graph
+        rule = dict(g.nodes["OS"][label])
+        rule[key] = bad_expr
+        g.nodes["OS"][label] = rule
+        with pytest.raises(IRError, match=match):
+            verify(g)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from attncc.passes.lowered import Lowered, Lowering
 from attncc.passes.plans import Plan, segment_plan
 from attncc.schedules.base import KernelDecl, Schedule
-from attncc.schedules.prefill import render, stats
+from attncc.schedules.prefill.render import module_text, render
+from attncc.schedules.prefill.stats import explain_section
 from attncc.schedules.space import ConfigSpace
 
 if TYPE_CHECKING:
@@ -84,10 +85,10 @@ class PrefillSchedule(Schedule):
         return segment_plan(analysis, kernel.sweeps)
 
     def template_text(self) -> str:
-        return render.module_text()
+        return module_text()
 
     def render(self, low: Lowered, source_key: str) -> str:
-        return render.render(low, source_key)
+        return render(low, source_key)
 
     def space(self, kind: str) -> ConfigSpace:
         self._check_kind(kind)
@@ -132,7 +133,7 @@ class PrefillSchedule(Schedule):
 
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
                 tiles: tuple[int, int] | None) -> dict[str, Any]:
-        return stats.explain_section(self, low, shape, params, tiles)
+        return explain_section(self, low, shape, params, tiles)
 
     def _check_kind(self, kind: str) -> str:
         if kind not in self.kinds:
