@@ -90,24 +90,6 @@ def validate_config(kind: str, config: object, space: ConfigSpace | None = None)
     return {name: int(config[name]) for name in space.names}
 
 
-def _kernel_default(kind: str, head_dim: int) -> Config:
-    """The generated modules' own defaults (one table: attncc.codegen.prefill.DEFAULT_CONFIGS),
-    verified to compile without spills on sm_90 at head dims 64 and 128."""
-    from attncc.schedules.prefill.render import DEFAULT_CONFIGS
-
-    table = DEFAULT_CONFIGS[kind]
-    bound = min((b for b in table if head_dim <= b), default=max(table))
-    return dict(table[bound])
-
-
-def _fwd_default(head_dim: int, dtype: str) -> Config:
-    return _kernel_default("fwd", head_dim)
-
-
-def _bwd_default(head_dim: int, dtype: str) -> Config:
-    return _kernel_default("bwd", head_dim)
-
-
 def _decode_default(head_dim: int, dtype: str) -> Config:
     block_n = 64 if head_dim <= 128 else 32
     return {"BLOCK_N": block_n, "NUM_SPLITS": 4, "num_warps": 4, "num_stages": 2}
