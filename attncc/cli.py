@@ -115,7 +115,8 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
     from attncc.runtime.aot_spec import interpreting, report_kernels, report_many
 
     if interpreting():  # one subprocess for every kernel
-        reports = report_many([(fn.spec, target, dt, hd, None, None, ("fwd", "bwd")) for dt in dtypes for hd in head_dims])
+        kinds = fn.generated.lowered.schedule.kinds
+        reports = report_many([(fn.spec, target, dt, hd, None, None, kinds) for dt in dtypes for hd in head_dims])
     else:
         reports = [r for dt in dtypes for hd in head_dims for r in report_kernels(fn, target, dt, hd)]
     if as_json:

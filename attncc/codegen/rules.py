@@ -76,8 +76,26 @@ def _broadcast(expr: sp.Basic, ctx: str, ranks: Mapping[str, str]) -> sp.Basic:
         return expr.func(*args)
 
 
+LOG2E = "1.4426950408889634"
+
+
 class RulePrinter(TritonPrinter):
-    """:class:`TritonPrinter` plus the tile reductions and broadcasts of rule tables."""
+    """:class:`TritonPrinter` plus the tile reductions and broadcasts of rule tables.
+
+    ``exp(a + b + ...)`` prints as ``tl.math.exp2(a * log2(e) + ...)`` with each broadcast row
+    term scaled before it is broadcast (``(m * log2(e))[:, None]``): per element one FFMA and
+    one MUFU.EX2, where ``tl.exp`` adds a multiply and range checks (see docs/architecture.md).
+    """
+
+    def _print_exp(self, e: sp.Basic) -> str:
+        parts = []
+        for term in sp.Add.make_args(e.args[0]):
+            coeff, rest = term.as_coeff_Mul()
+            if type(rest).__name__ == "_bcast":
+                parts.append(f"({self.p(coeff * rest.args[0])} * {LOG2E})[:, None]")
+            else:
+                parts.append(f"{self.p(term)} * {LOG2E}")
+        return f"tl.math.exp2({' + '.join(parts)})"
 
     def _print_Function(self, e: sp.Basic) -> str:
         name = type(e).__name__

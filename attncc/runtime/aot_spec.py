@@ -67,12 +67,14 @@ def interpreting() -> bool:
 
 
 def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int, head_dim_v: int | None = None,
-                   config: dict[str, int] | None = None, kinds: tuple[str, ...] = ("fwd", "bwd")) -> list[KernelReport]:
-    """Compile the spec's kernels of ``kinds`` for ``target``; report registers, spills, shared memory.
+                   config: dict[str, int] | None = None, kinds: tuple[str, ...] | None = None) -> list[KernelReport]:
+    """Compile the spec's kernels of ``kinds`` (default: every kind of its schedule) for ``target``;
+    report registers, spills, shared memory.
 
     Triton cannot compile ahead of time in a process that runs its interpreter,
     so in that case the compile runs in a subprocess with the interpreter off.
     """
+    kinds = kinds or fn.generated.lowered.schedule.kinds
     if interpreting():
         return report_many([(fn.spec, target, dtype, head_dim, head_dim_v, config, kinds)])
     from attncc.codegen.aot import compile_report
