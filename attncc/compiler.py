@@ -8,7 +8,7 @@ from that result alone; :func:`load_module` runs the text generated in this proc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -57,12 +57,13 @@ class Generated:
 
 
 def source_key(spec: Spec, low: Lowered) -> str:
-    """Content key of the module: the spec's canonical form and spelling, the schedule and its templates."""
+    """Content key of the module: the spec's canonical form and spelling, the call facts, the schedule
+    and its templates."""
     # canonical() identifies a meaning (n <= m and m >= n alike); the key also covers the spelling,
     # which the printed module shows.
     spelling = [E.canonical(spec.kv_head), E.canonical(spec.modify), E.canonical(spec.mask)]
-    return cache.source_key({**spec.canonical(), "spelling": spelling}, low.schedule.template_text(),
-                            low.schedule.name)
+    return cache.source_key({**spec.canonical(), "spelling": spelling, "call": asdict(low.call)},
+                            low.schedule.template_text(), low.schedule.name)
 
 
 def generate(spec: Spec, call: CallFacts | None = None) -> Generated:

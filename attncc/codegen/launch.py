@@ -233,3 +233,74 @@ def ctx_args(captures: dict, params: dict, expected: list | tuple, param_names: 
         args += [t, *t.stride(), *t.shape]
     args += [params[name] for name in param_names]
     return args
+
+
+# --- block tables (plans of kind "block_table") ----------------------------------------------------
+# A kernel whose plan is a block table takes the lists of its swept index: "keys" reads
+# kv_num_blocks [B, H, Tm], kv_indices [B, H, Tm, Tn] and their full_ counterparts; "queries"
+# the transposed q_* lists.  B and H may be 1 (broadcast).  Block sizes block_m / block_n are
+# powers of two >= 16; the kernel's tiles divide them.
+TABLE_KEYS = {
+    "keys": ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"),
+    "queries": ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"),
+}
+
+
+def check_tables(tables: dict, B: int, H: int, M: int, N: int) -> None:
+    """The block tables fit the problem (shapes, dtypes, block sizes); LaunchError otherwise."""
+    if not isinstance(tables, dict):
+        raise LaunchError("block_tables must be a dict of the BlockMask tensors and block sizes")
+    bm, bn = tables.get("block_m"), tables.get("block_n")
+    for name, size in (("block_m", bm), ("block_n", bn)):
+        if type(size) is not int or size < 16 or size & (size - 1):
+            raise LaunchError(f"block_tables {name} must be a power of two >= 16, got {size!r}")
+    rows = {"keys": (triton.cdiv(M, bm), triton.cdiv(N, bn)), "queries": (triton.cdiv(N, bn), triton.cdiv(M, bm))}
+    for swept, keys in TABLE_KEYS.items():
+        tm, tn = rows[swept]
+        for num_key, idx_key in (keys[:2], keys[2:]):
+            num, idx = tables.get(num_key), tables.get(idx_key)
+            if num is None and idx is None and num_key.startswith("full_"):
+                continue
+            for key, t, dims in ((num_key, num, 3), (idx_key, idx, 4)):
+                if not isinstance(t, torch.Tensor) or t.dim() != dims or t.dtype != torch.int32:
+                    raise LaunchError(f"block_tables {key} must be a {dims}-D int32 tensor")
+                if t.shape[0] not in (1, B) or t.shape[1] not in (1, H) or t.shape[2] != tm:
+                    raise LaunchError(f"block_tables {key} has shape {tuple(t.shape)}; expected [B or 1, H or 1, {tm}"
+                                      + (f", {tn}]" if dims == 4 else "]"))
+            if idx.shape[3] < 1 or idx.shape[3] > tn:
+                raise LaunchError(f"block_tables {idx_key} has {idx.shape[3]} columns; expected 1 to {tn}")
+
+
+def fit_tiles(config: dict, tables: dict | None) -> dict:
+    """``config`` with tiles no larger than the table's blocks (which they then divide)."""
+    if not tables:
+        return config
+    return {**config, "BLOCK_M": min(config["BLOCK_M"], tables["block_m"]),
+            "BLOCK_N": min(config["BLOCK_N"], tables["block_n"])}
+
+
+def _pad_cols(t: torch.Tensor, cols: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, cols - t.shape[3])) if t.shape[3] < cols else t
+
+
+def _bh_stride(t: torch.Tensor, dim: int) -> int:
+    return 0 if t.shape[dim] == 1 else t.stride(dim)
+
+
+def table_args(tables: dict | None, swept: str) -> tuple[list, dict]:
+    """Positional arguments and constexprs of a block-table kernel sweeping ``swept``
+    (``([], {})`` without tables: a kernel with another plan)."""
+    if not tables:
+        return [], {}
+    num, idx, full_num, full_idx = (tables.get(k) for k in TABLE_KEYS[swept])
+    if full_num is None:  # no full blocks: an empty list per row
+        full_num, full_idx = torch.zeros_like(num), idx[..., :1]
+    if num.shape[:2] != full_num.shape[:2] or idx.shape[:2] != full_idx.shape[:2]:
+        raise LaunchError("block_tables: partial and full lists must broadcast alike over B and H")
+    cols = max(idx.shape[3], full_idx.shape[3])
+    num, full_num = num.contiguous(), full_num.contiguous()
+    idx, full_idx = _pad_cols(idx, cols).contiguous(), _pad_cols(full_idx, cols).contiguous()
+    rows_cols = (tables["block_m"], tables["block_n"]) if swept == "keys" else (tables["block_n"], tables["block_m"])
+    args = [num, idx, full_num, full_idx, _bh_stride(num, 0), _bh_stride(num, 1), _bh_stride(idx, 0),
+            _bh_stride(idx, 1), cols]
+    return args, {"TBL_ROW": rows_cols[0], "TBL_COL": rows_cols[1]}

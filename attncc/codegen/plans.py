@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from attncc.codegen.literals import comment_text
 from attncc.codegen.printer import TritonPrinter
-from attncc.passes.mask_analysis import Segment
-from attncc.passes.plans import Plan, SegmentPlan
+from attncc.passes.mask_analysis import KEYS, Segment
+from attncc.passes.plans import BlockTablePlan, Plan, SegmentPlan
 
 # What one visit adds to its tile's log entry: a tile visited once reads 1 (full) or 16 (masked).
 LOG_WEIGHTS: dict[str, int] = {"full": 1, "masked": 16}
@@ -71,7 +71,41 @@ def _emit_segments(plan: SegmentPlan, pr: TritonPrinter, loop: Loop) -> list[str
     return lines
 
 
-EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments}
+# Kernel parameters of a block-table plan (the kernel's own orientation: rows are the program's
+# tiles, columns the swept ones); attncc.codegen.launch.table_args packs them on the host.
+TABLE_PARAMS = ("TBL_NUM, TBL_IDX, TBL_FULL_NUM, TBL_FULL_IDX, tbl_num_sb, tbl_num_sh, tbl_idx_sb, tbl_idx_sh, "
+                "tbl_cols, TBL_ROW: tl.constexpr, TBL_COL: tl.constexpr,")
+
+
+def _emit_block_table(plan: BlockTablePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
+    """Partial blocks (mask on), then full blocks (mask off except a tail past the last whole tile)."""
+    first, extent = ("m_first", "N") if plan.direction == KEYS else ("n_first", "M")
+    names = plan.tables
+    lines = [f"# block table: {names[0]}/{names[1]} (partial) and {names[2]}/{names[3]} (full), "
+             f"rows of TBL_ROW, blocks of TBL_COL {plan.swept}",
+             f"tbl_row = {first} // TBL_ROW",
+             "tbl_num = off_b * tbl_num_sb + off_h * tbl_num_sh + tbl_row",
+             "tbl_idx = off_b * tbl_idx_sb + off_h * tbl_idx_sh + tbl_row * tbl_cols",
+             f"whole_end = {extent} // {loop.block} * {loop.block}  # tiles below this lie inside the {plan.swept}"]
+    for count, index, full in (("TBL_NUM", "TBL_IDX", False), ("TBL_FULL_NUM", "TBL_FULL_IDX", True)):
+        lines += [f"for tbl_j in range(0, tl.load({count} + tbl_num)):",
+                  f"    blk_lo = tl.load({index} + tbl_idx + tbl_j) * TBL_COL",
+                  f"    blk_hi = tl.minimum(blk_lo + TBL_COL, {extent})"]
+        inner = loop.for_range("blk_lo", "tl.minimum(blk_hi, tl.maximum(whole_end, blk_lo))" if full else "blk_hi",
+                               not full)
+        if full:
+            inner += loop.for_range("tl.minimum(tl.maximum(whole_end, blk_lo), blk_hi)", "blk_hi", True)
+        lines += ["    " + line for line in inner]
+    return lines
+
+
+EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments,
+                                                 BlockTablePlan.kind: _emit_block_table}
+
+
+def plan_params(plan: Plan) -> str:
+    """Extra kernel parameters a plan kind needs (text for the kernel's signature)."""
+    return f"\n             {TABLE_PARAMS}" if plan.kind == BlockTablePlan.kind else ""
 
 
 def emit_plan(plan: Plan, pr: TritonPrinter, loop: Loop) -> str:

@@ -12,8 +12,13 @@ Plan kinds:
 * :class:`SegmentPlan` (``"segments"``): the symbolic key (or query) segments of the mask
   analysis: per segment, masked edge tiles, mask-free full tiles in between, masked edge tiles;
   each segment starts at the end of the previous one, so no tile is visited twice.
+* :class:`BlockTablePlan` (``"block_table"``): lists of non-empty blocks per row block, given to
+  the kernel at launch (FlexAttention's BlockMask layout: partial blocks, which evaluate the mask,
+  and full blocks, which do not); built from the mask by interval reasoning on tile summaries,
+  or supplied by the caller (data-dependent sparsity).  A table block may span several kernel
+  tiles (block sizes are multiples of the tile sizes).
 
-Block-sparse (static and runtime block tables) and paged plans are further kinds.
+Paged plans (decode) are a further kind.
 """
 
 from __future__ import annotations
@@ -55,12 +60,13 @@ class Plan(Protocol):
         ...
 
     def visits(self, env: Mapping[sp.Symbol, Any], block: int,
-               captures: Mapping[str, torch.Tensor] | None = None) -> list[TileVisit]:
+               captures: Mapping[str, torch.Tensor] | None = None,
+               tables: Mapping[str, Any] | None = None) -> list[TileVisit]:
         """The tiles visited by the row tile described by ``env``, in visiting order.
 
         ``env`` binds the sizes, params, ``b``, ``h`` and the row tile's bounds (``m_first`` and
         ``m_last`` for a key sweep, ``n_first``/``n_last`` for a query sweep); ``block`` is the
-        tile size along the swept index.
+        tile size along the swept index; ``tables`` the block tables of a ``block_table`` plan.
         """
         ...
 
@@ -99,7 +105,8 @@ class SegmentPlan:
                  "where": str(s.conjunct)} for s in self.segments]
 
     def visits(self, env: Mapping[sp.Symbol, Any], block: int,
-               captures: Mapping[str, torch.Tensor] | None = None) -> list[TileVisit]:
+               captures: Mapping[str, torch.Tensor] | None = None,
+               tables: Mapping[str, Any] | None = None) -> list[TileVisit]:
         caps = captures or {}
         out: list[TileVisit] = []
         end = 0
@@ -113,6 +120,70 @@ class SegmentPlan:
             out += [TileVisit(t, not (f0 <= t < f1)) for t in range(lo, seg_end, block)]
             end = seg_end
         return out
+
+
+# Names of a plan's tables in FlexAttention's BlockMask layout, by swept index: partial blocks
+# (count per row block, indices) and full blocks.
+TABLE_NAMES: dict[str, tuple[str, str, str, str]] = {
+    "keys": ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"),
+    "queries": ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"),
+}
+
+
+@dataclass(frozen=True)
+class BlockTablePlan:
+    """Block lists per row block, read at launch (kind ``"block_table"``).
+
+    For a key sweep the tables are ``kv_num_blocks [B, H, Tm]``, ``kv_indices [B, H, Tm, Tn]``
+    and their ``full_`` counterparts, with query blocks of ``block_m`` rows and key blocks of
+    ``block_n`` keys (``tables["block_m"]``, ``tables["block_n"]``); a query sweep reads the
+    transposed ``q_*`` lists.  B and H may be 1 (broadcast).  Partial blocks are visited first,
+    then full ones; the tiles of a full block past the last whole tile of the swept length run
+    with the mask (bounds checks) on.
+    """
+
+    kind: ClassVar[str] = "block_table"
+    direction: Direction
+
+    @property
+    def swept(self) -> str:
+        return "keys" if self.direction == KEYS else "queries"
+
+    @property
+    def tables(self) -> tuple[str, str, str, str]:
+        return TABLE_NAMES[self.swept]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{self.swept: f"blocks listed in {self.tables[1]} (partial) and {self.tables[3]} (full)",
+                 "full": f"blocks of {self.tables[3]}", "where": "block table given at launch"}]
+
+    def visits(self, env: Mapping[sp.Symbol, Any], block: int,
+               captures: Mapping[str, torch.Tensor] | None = None,
+               tables: Mapping[str, Any] | None = None) -> list[TileVisit]:
+        if tables is None:
+            raise ValueError("a block_table plan needs the block tables to list its visits")
+        d = self.direction
+        row_block, col_block = ((tables["block_m"], tables["block_n"]) if self.swept == "keys"
+                                else (tables["block_n"], tables["block_m"]))
+        extent = int(env[d.size])
+        row = int(env[d.first]) // row_block
+        b, h = int(env.get(E.b, 0)), int(env.get(E.h, 0))
+        whole = extent // block * block
+        out: list[TileVisit] = []
+        for names, full in ((self.tables[:2], False), (self.tables[2:], True)):
+            num, idx = (tables[n] for n in names)
+            if num is None:
+                continue
+            nb, hb = min(b, num.shape[0] - 1), min(h, num.shape[1] - 1)
+            for j in range(int(num[nb, hb, row])):
+                lo = int(idx[nb, hb, row, j]) * col_block
+                for t in range(lo, min(lo + col_block, extent), block):
+                    out.append(TileVisit(t, not (full and t + block <= whole)))
+        return out
+
+
+def block_table_plan(swept: str) -> BlockTablePlan:
+    return BlockTablePlan({"keys": KEYS, "queries": QUERIES}[swept])
 
 
 def segment_plan(analysis: MaskAnalysis, swept: str) -> SegmentPlan:

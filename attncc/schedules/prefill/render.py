@@ -17,7 +17,7 @@ import sympy as sp
 
 from attncc.codegen.launch_text import launch_source
 from attncc.codegen.literals import doc_text, py_literal
-from attncc.codegen.plans import Loop, emit_plan
+from attncc.codegen.plans import Loop, emit_plan, plan_params
 from attncc.codegen.printer import HELPERS, TritonPrinter, tile_shaped
 from attncc.codegen.rules import print_rules
 from attncc.errors import SpecError
@@ -148,6 +148,13 @@ def _softmax_hooks(low: Lowered) -> dict[str, str]:
     return {"SOFTMAX_UPDATE": "\n".join(update), "SOFTMAX_FINALIZE": "\n".join(final)}
 
 
+def _table_ints(low: Lowered) -> list[str]:
+    """Block-table strides and widths change with the mask and the lengths: never specialised."""
+    if not any(plan_params(p) for p in low.plans.values()):
+        return []
+    return ["tbl_num_sb", "tbl_num_sh", "tbl_idx_sb", "tbl_idx_sh", "tbl_cols"]
+
+
 def _helper_source(names: set[str], variant: Variant) -> str:
     out = []
     for name in sorted(names):
@@ -186,8 +193,12 @@ def render(low: Lowered, source_key: str) -> str:
         "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in variant.captures]),
         "PARAM_DEFAULTS": py_literal({p.name: p.default for p in variant.params}),
         "GQA": py_literal(bool(low.is_gqa)),
+        "BLOCK_TABLES": py_literal(bool(_table_ints(low))),
+        "PLAN_PARAMS_FWD": plan_params(low.plan("attn_fwd")),
+        "PLAN_PARAMS_DQ": plan_params(low.plan("attn_bwd_dq")),
+        "PLAN_PARAMS_DKDV": plan_params(low.plan("attn_bwd_dkdv")),
         "LAUNCH": launch_source(),
-        "NO_SPECIALIZE": py_literal(["B", "H", "HK", "M", "N", *ctx.scalar_ints]),
+        "NO_SPECIALIZE": py_literal(["B", "H", "HK", "M", "N", *ctx.scalar_ints, *_table_ints(low)]),
         **_softmax_hooks(low),
     }
     bwd = _backward_hooks(low, ctx, tile_pr, bound_pr, call_args)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from attncc.passes.lowered import Lowered, Lowering
-from attncc.passes.plans import Plan, segment_plan
+from attncc.passes.plans import Plan, block_table_plan, segment_plan
 from attncc.schedules.base import KernelDecl, Schedule
 from attncc.schedules.prefill.render import module_text, render
 from attncc.schedules.prefill.stats import explain_section
@@ -79,6 +79,9 @@ class PrefillSchedule(Schedule):
         return any(d["op"] == "online_softmax" for _, d in low.graph.nodes(data=True))
 
     def plan(self, kernel: KernelDecl, low: Lowering) -> Plan:
+        """A block table when the call brings one (``CallFacts.block_table``), else the mask's segments."""
+        if low.call.block_table:
+            return block_table_plan(kernel.sweeps)
         analysis = low.mask_keys if kernel.sweeps == "keys" else low.mask_queries
         if analysis is None:
             raise ValueError("plan_iteration runs after analyse_mask")
