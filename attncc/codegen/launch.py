@@ -244,6 +244,7 @@ TABLE_KEYS = {
     "keys": ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"),
     "queries": ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"),
 }
+TABLE_ORDER = (*TABLE_KEYS["keys"], *TABLE_KEYS["queries"])  # flat order (attncc's ops)
 
 
 def check_tables(tables: dict, B: int, H: int, M: int, N: int) -> None:

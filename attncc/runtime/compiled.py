@@ -15,6 +15,7 @@ import torch
 
 from attncc.compiler import Generated, generate, load_module
 from attncc.ir import expr as E
+from attncc.passes.lowered import CallFacts
 from attncc.runtime import ops
 from attncc.runtime.trace import trace
 from attncc.spec.loader import resolve
@@ -33,6 +34,8 @@ class CompiledAttention:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.generated: Generated = generate(spec)
+        self._table_variant: Generated | None = None
+        self._tables: dict[tuple, dict[str, Any]] = {}  # last block tables built, by what shaped them
 
     @property
     def source(self) -> str:
@@ -41,6 +44,54 @@ class CompiledAttention:
     @property
     def module(self) -> Any:
         return load_module(self.generated)
+
+    def generated_for(self, block_table: bool) -> Generated:
+        """The module of the default plans, or of the block-table plans (generated on first use)."""
+        if not block_table:
+            return self.generated
+        if self._table_variant is None:
+            self._table_variant = generate(self.spec, CallFacts(block_table=True))
+        return self._table_variant
+
+    def module_for(self, key: str) -> Any:
+        for gen in (self.generated, self._table_variant):
+            if gen is not None and gen.key == key:
+                return load_module(gen)
+        raise KeyError(f"{self.spec.name}: no module with key {key}")
+
+    def prefers_block_table(self) -> bool:
+        """Whether calls build block tables at launch (the compile-time plan would visit empty tiles)."""
+        low = self.generated.lowered
+        return low.schedule.prefers_block_table(low)
+
+    def block_tables_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: list[torch.Tensor],
+                         params: dict[str, Any], config: dict[str, int] | None) -> dict[str, Any]:
+        """Block tables of this spec's mask for one call, at the forward kernel's tile sizes
+        (interval reasoning on tile summaries, exact evaluation of undecided tiles:
+        :mod:`attncc.runtime.blocks`).  Rebuilt only when shapes, params or captured tensors change."""
+        from attncc.runtime.blocks import block_tables, classify_tiles
+
+        B, H, M, D = q.shape
+        HK, N, E_ = k.shape[1], k.shape[2], v.shape[3]
+        cfg = {**self.config_for("fwd", q, k, v), **{key: val for key, val in (config or {}).items()
+                                                   if not key.startswith("bwd_")}}
+        bm, bn = int(cfg.get("fwd_BLOCK_M", cfg["BLOCK_M"])), int(cfg.get("fwd_BLOCK_N", cfg["BLOCK_N"]))
+        low = self.generated.lowered
+        values = {p.name: params.get(p.name, p.default) for p in low.variant.params}
+        caps = dict(zip([c.name for c in low.variant.captures], captures, strict=True))
+        key = ((B, H, HK, M, N, D, E_, bm, bn), tuple(sorted(values.items())),
+               tuple((n, t.data_ptr(), t._version, tuple(t.shape)) for n, t in caps.items()))
+        cached = self._tables.get(key)
+        if cached is not None:
+            return cached
+        sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "E": E_}
+        classes = classify_tiles(low.mask, sizes, {p.symbol: values[p.name] for p in low.variant.params},
+                                 caps, bm, bn)
+        bt = block_tables(classes, bm, bn)
+        tables = {name: getattr(bt, name).to(q.device) for name in ops.TABLE_ORDER}
+        tables.update(block_m=bm, block_n=bn)
+        self._tables = {key: tables}
+        return tables
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.spec.name!r}, key={self.generated.key})"

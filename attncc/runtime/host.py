@@ -178,3 +178,24 @@ def config_for_kind(keys: Sequence[str], values: Sequence[int], kind: str) -> di
 def is_empty(q: torch.Tensor, k: torch.Tensor) -> bool:
     """No query row or no key: the result is known without a launch (o = 0, lse = -inf)."""
     return launch.is_empty(q, k)
+
+
+def encode_tables(info: SpecInfo, tables: Mapping[str, Any] | None, q: torch.Tensor,
+                  k: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    """The ops' ``blocks`` (:data:`launch.TABLE_ORDER`) and ``block_sizes`` arguments (empty
+    without tables); absent ``full_*`` lists become empty ones.  One-line :class:`InputError`
+    for tables that do not fit the call."""
+    if tables is None:
+        if info.block_table:
+            raise InputError(f"{info.name}: this variant reads block tables; none were given")
+        return [], []
+    if not info.block_table:
+        raise InputError(f"{info.name}: block tables given to a variant without a block-table plan")
+    full = dict(tables)
+    for num_key, idx_key, full_num, full_idx in (launch.TABLE_KEYS["keys"], launch.TABLE_KEYS["queries"]):
+        if full.get(full_num) is None and isinstance(full.get(num_key), torch.Tensor) \
+                and isinstance(full.get(idx_key), torch.Tensor):
+            full[full_num], full[full_idx] = torch.zeros_like(full[num_key]), torch.zeros_like(full[idx_key][..., :1])
+    with _as_input_error(info.name):
+        launch.check_tables(full, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return [full[name].to(q.device) for name in launch.TABLE_ORDER], [int(full["block_m"]), int(full["block_n"])]

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from attncc.codegen import cache
+from attncc.codegen import cache, launch
 from attncc.errors import InputError
 from attncc.ir import expr as E
 from attncc.runtime import host
@@ -83,6 +83,7 @@ class SpecInfo(NamedTuple):
     captures: tuple[tuple[str, tuple[str, ...], str], ...]
     params: tuple[tuple[str, str, float], ...]
     bare_indices: tuple[tuple[str, int, str], ...] = ()
+    block_table: bool = False  # the variant whose kernels read block tables (see run(tables=...))
 
 
 _COMPILED: dict[str, CompiledAttention] = {}
@@ -90,9 +91,10 @@ _INFO: dict[str, SpecInfo] = {}
 
 
 @torch._dynamo.assume_constant_result
-def spec_info(compiled: CompiledAttention) -> SpecInfo:
-    """Register ``compiled`` under its key and describe it (run once at trace time under Dynamo)."""
-    key = compiled.generated.key
+def spec_info(compiled: CompiledAttention, block_table: bool = False) -> SpecInfo:
+    """Register ``compiled`` under the key of its module (the block-table variant when
+    ``block_table``) and describe it (run once at trace time under Dynamo)."""
+    key = compiled.generated_for(block_table).key
     info = _INFO.get(key)
     if info is None:
         spec = compiled.spec
@@ -100,7 +102,7 @@ def spec_info(compiled: CompiledAttention) -> SpecInfo:
             key=key, name=spec.name, gqa=bool(spec.is_gqa),
             captures=tuple((c.name, tuple(c.dims), c.dtype) for c in spec.captures.values()),
             params=tuple((p.name, p.kind, p.default) for p in spec.params.values()),
-            bare_indices=_bare_indices(spec),
+            bare_indices=_bare_indices(spec), block_table=block_table,
         )
         _COMPILED[key] = compiled
         _INFO[key] = info
@@ -123,12 +125,37 @@ def kernel_module(key: str) -> ModuleType:
     """The generated module of ``key``, only if it was generated in this process (never read from disk)."""
     compiled = _COMPILED.get(key)
     if compiled is not None:
-        return compiled.module
+        return compiled.module_for(key)
     module = cache.executed(key)
     if module is None:
         raise InputError(f"attncc: no kernel with key {key} was compiled in this process; compile or load its "
                          "spec here first (attncc.load(...), or one call of the attention function)")
     return module
+
+
+# A block-table variant's tables ride at the end of the ops' ``captures`` list, in this order, and
+# their block sizes in the config lists (keys TABLE_SIZE_KEYS): the op schema is the same for every variant.
+TABLE_ORDER: tuple[str, ...] = launch.TABLE_ORDER
+TABLE_SIZE_KEYS = ("table_block_m", "table_block_n")
+
+
+def _split_tables(module: ModuleType, captures: Sequence[torch.Tensor], config_keys: Sequence[str],
+                  config_values: Sequence[int]) -> tuple[list[torch.Tensor], dict[str, Any] | None,
+                                                          list[str], list[int]]:
+    """(captures, block_tables or None, config keys, config values) of a call of ``module``."""
+    keys, values = list(config_keys), list(config_values)
+    if not module.BLOCK_TABLES:
+        return list(captures), None, keys, values
+    n = len(captures) - len(TABLE_ORDER)
+    if n < 0 or any(k not in keys for k in TABLE_SIZE_KEYS):
+        raise InputError("attncc: a block-table kernel takes its tables after the captured tensors and "
+                         f"{'/'.join(TABLE_SIZE_KEYS)} in the config")
+    tables: dict[str, Any] = dict(zip(TABLE_ORDER, captures[n:], strict=True))
+    for name, attr in zip(TABLE_SIZE_KEYS, ("block_m", "block_n"), strict=True):
+        i = keys.index(name)
+        tables[attr] = int(values.pop(i))
+        keys.pop(i)
+    return list(captures[:n]), tables, keys, values
 
 
 def _capture_dict(module: ModuleType, captures: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,9 +208,10 @@ def attention_fwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         B, H, M = q.shape[:3]
         return q.new_zeros((B, H, M, v.shape[3])), q.new_full((B, H, M), float("-inf"), dtype=torch.float32)
     module = kernel_module(key)
+    captures, tables, config_keys, config_values = _split_tables(module, captures, config_keys, config_values)
     config = _launch_config(key, "fwd", config_keys, config_values, q, k, v)
-    o, lse = module.attention_forward(q, k, v, scale=scale, config=config,
-                                      captures=_capture_dict(module, captures), **_param_dict(module, params))
+    o, lse = module.attention_forward(q, k, v, scale=scale, config=config, captures=_capture_dict(module, captures),
+                                      block_tables=tables, **_param_dict(module, params))
     return o.contiguous(), lse.contiguous()
 
 
@@ -212,12 +240,13 @@ def attention_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o
         return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v),
                 [torch.zeros_like(c) for c, want in zip(captures, capture_grads, strict=True) if want])
     module = kernel_module(key)
-    caps = _capture_dict(module, captures)
-    wanted = [name for name, want in zip(caps, capture_grads, strict=True) if want]
+    real, tables, config_keys, config_values = _split_tables(module, captures, config_keys, config_values)
+    caps = _capture_dict(module, real)
+    wanted = [name for name, want in zip(caps, capture_grads, strict=False) if want]
     config = _launch_config(key, "bwd", config_keys, config_values, q, k, v)
     dq, dk, dv, grads = module.attention_backward(
         q, k, v, o, lse, do, dlse=dlse, scale=scale, config=config, captures=caps,
-        capture_grads=tuple(wanted), **_param_dict(module, params))
+        capture_grads=tuple(wanted), block_tables=tables, **_param_dict(module, params))
     # A capture read only by the mask (or not at all) has a zero gradient: the mask is piecewise constant.
     dcaps = [(grads[name] if name in grads else torch.zeros(caps[name].shape, device=q.device))
              .to(caps[name].dtype).contiguous() for name in wanted]
@@ -262,13 +291,18 @@ attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 
 def run(info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: Sequence[torch.Tensor],
         *, scale: float | None = None, return_lse: bool = False, config: Mapping[str, Any] | None = None,
-        params: Mapping[str, Any] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Validate and call ``attncc::fwd`` (differentiable; traceable by Dynamo)."""
+        params: Mapping[str, Any] | None = None, tables: Mapping[str, Any] | None = None,
+        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Validate and call ``attncc::fwd`` (differentiable; traceable by Dynamo).  ``tables``: block
+    tables (keys of :data:`TABLE_ORDER` plus ``block_m``, ``block_n``) of a block-table variant."""
     host.validate(info, q, k, v, captures)
     scale = host.check_scale(info.name, scale)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     config_keys, config_values = host.encode_config(info.name, config)
-    o, lse = torch.ops.attncc.fwd(info.key, q, k, v, list(captures), scale,
+    blocks, sizes = host.encode_tables(info, tables, q, k)
+    if blocks:
+        config_keys, config_values = [*config_keys, *TABLE_SIZE_KEYS], [*config_values, *sizes]
+    o, lse = torch.ops.attncc.fwd(info.key, q, k, v, [*captures, *blocks], scale,
                                   host.encode_params(info, params or {}), config_keys, config_values, bool(return_lse))
     return (o, lse) if return_lse else o
 
@@ -279,4 +313,10 @@ def call_compiled(compiled: CompiledAttention, q: torch.Tensor, k: torch.Tensor,
     """``CompiledAttention.__call__``: captured tensors and params by keyword."""
     info = spec_info(compiled)
     captures, params = host.split_kwargs(info, kwargs)
-    return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, params=params)
+    tables = None
+    if not torch.compiler.is_compiling() and compiled.prefers_block_table():
+        host.validate(info, q, k, v, captures)
+        tables = compiled.block_tables_for(q, k, v, captures, params, config)
+        info = spec_info(compiled, True)
+    return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, params=params,
+               tables=tables)

@@ -69,6 +69,11 @@ class Schedule(ABC):
     def default_config(self, kind: str, head_dim: int) -> Config:
         return lookup_default(self.default_configs[kind], head_dim)
 
+    def prefers_block_table(self, low: Lowered) -> bool:
+        """Whether calls should build block tables at launch (``CallFacts(block_table=True)``)
+        because the plan derived at compile time would visit empty tiles."""
+        return False
+
     @abstractmethod
     def applies(self, low: Lowering) -> bool:
         """Whether this schedule realises the lowered cascade for ``low.call``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from attncc.ir import expr as E
 from attncc.passes.lowered import Lowered, Lowering
 from attncc.passes.plans import Plan, block_table_plan, segment_plan
 from attncc.schedules.base import KernelDecl, Schedule
@@ -86,6 +87,15 @@ class PrefillSchedule(Schedule):
         if analysis is None:
             raise ValueError("plan_iteration runs after analyse_mask")
         return segment_plan(analysis, kernel.sweeps)
+
+    def prefers_block_table(self, low: Lowered) -> bool:
+        """Yes when the mask reads captured tensors (document or modality ids) or the symbolic
+        analysis found no exact segments (elementwise fallback, or a segment without full tiles)."""
+        analysis = low.mask_keys
+        if analysis.always_true:
+            return False
+        return bool(E.loads(low.mask)) or analysis.note.startswith("elementwise") or any(
+            s.full_lo is None for s in analysis.segments)
 
     def template_text(self) -> str:
         return module_text()
