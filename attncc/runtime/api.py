@@ -8,75 +8,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from attncc.errors import InputError
 from attncc.runtime import host
+from attncc.runtime.blockmask import BlockMask, create_block_mask
 from attncc.runtime.compiled import CompiledAttention, compile_spec, load, spec_from_mods
 from attncc.runtime.mods import call_mods
 
 __all__ = ["BlockMask", "CompiledAttention", "attention", "compile_spec", "create_block_mask", "flex_attention",
            "load", "spec_from_mods"]
-
-@dataclass
-class BlockMask:
-    """attncc's BlockMask: the mask_mod and the lengths it was made for.
-
-    No block tables are materialised: the kernel derives key ranges symbolically
-    from the traced predicate.  ``to_dense()`` gives the ``[B, H, Mb, Nb]`` block
-    occupancy (1 where a block has any unmasked element), like torch's.
-    """
-
-    mask_mod: Callable[..., Any]
-    B: int | None
-    H: int | None
-    Q_LEN: int
-    KV_LEN: int
-    BLOCK_SIZE: tuple[int, int] = (128, 128)
-    device: Any = None
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (self.B or 1, self.H or 1, self.Q_LEN, self.KV_LEN)
-
-    @property
-    def seq_lengths(self) -> tuple[int, int]:
-        return (self.Q_LEN, self.KV_LEN)
-
-    def dense_mask(self) -> torch.Tensor:
-        """Elementwise mask ``[B, H, Q_LEN, KV_LEN]`` (bool)."""
-        from attncc.runtime.reference import dense_mask, index_env
-        spec, caps = spec_from_mods(None, self.mask_mod)
-        B, H = self.shape[:2]
-        env = index_env(spec, B, H, H, self.Q_LEN, self.KV_LEN, 1, 1, {}, 1.0)
-        return dense_mask(spec, env, caps, (B, H, self.Q_LEN, self.KV_LEN))
-
-    def to_dense(self) -> torch.Tensor:
-        mask = self.dense_mask()
-        bq, bk = self.BLOCK_SIZE
-        B, H, M, N = mask.shape
-        pad = torch.zeros(B, H, -(-M // bq) * bq, -(-N // bk) * bk, dtype=torch.bool)
-        pad[:, :, :M, :N] = mask
-        return pad.view(B, H, pad.shape[2] // bq, bq, pad.shape[3] // bk, bk).any(5).any(3).int()
-
-    def sparsity(self) -> float:
-        """Percentage of blocks that are entirely masked."""
-        dense = self.to_dense()
-        return 100.0 * (1.0 - dense.float().mean().item())
-
-
-def create_block_mask(mask_mod: Callable[..., Any], B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
-                      device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128, _compile: bool = False,
-                      **_ignored: Any) -> BlockMask:
-    """FlexAttention-compatible mask object; cheap (no O(L^2) set-up)."""
-    bs = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else tuple(BLOCK_SIZE)
-    if not torch.compiler.is_compiling():  # under torch.compile the mask is recorded at attention time
-        spec_from_mods(None, mask_mod)  # trace now so errors surface at creation
-    return BlockMask(mask_mod, B, H, int(Q_LEN), int(KV_LEN), bs, device)  # type: ignore[arg-type]
-
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    score_mod: Callable[..., Any] | None = None, block_mask: Any = None,
@@ -102,7 +45,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         raise InputError(f"flex_attention: query has {query.shape[1]} heads, key {key.shape[1]}; "
                          "pass enable_gqa=True for grouped-query attention")
     config = dict(zip(keys, values, strict=True))
-    return call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale,
+    tables = getattr(block_mask, "given_tables", None) if block_mask is not None else None
+    return call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale, tables=tables,
                          return_lse=return_lse, config=config or None)
 
 

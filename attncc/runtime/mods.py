@@ -15,22 +15,28 @@ from torch.overrides import TorchFunctionMode
 
 from attncc.errors import SpecError
 from attncc.runtime.compiled import compile_spec, spec_from_mods
-from attncc.runtime.ops import SpecInfo, run, spec_info
+from attncc.runtime.ops import SpecInfo, auto_tables, run, spec_info
 from attncc.runtime.trace import Sym, _clamp, _ex
 
 
 def call_mods(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable[..., Any] | None,
               mask_mod: Callable[..., Any] | None, *, gqa: bool = False, name: str = "flex",
               scale: float | None = None, return_lse: bool = False, config: Mapping[str, Any] | None = None,
-              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention of FlexAttention-style mods (``flex_attention`` and ``@attncc.attention``)."""
+              tables: Mapping[str, Any] | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of FlexAttention-style mods (``flex_attention`` and ``@attncc.attention``).
+
+    ``tables``: the block tables of a BlockMask (the block-table variant runs); without them, eager
+    calls build tables when the mask's compile-time plan is inexact (``auto_tables``)."""
     if torch.compiler.is_compiling():
-        info, captures = _recorded_spec(score_mod, mask_mod, gqa, name)
+        info, captures = _recorded_spec(score_mod, mask_mod, gqa, name, tables is not None)
     else:
         spec, tensors = spec_from_mods(score_mod, mask_mod, gqa=gqa, name=name)
-        info = spec_info(compile_spec(spec))
+        compiled = compile_spec(spec)
+        info = spec_info(compiled, tables is not None)
         captures = [tensors[c[0]] for c in info.captures]
-    return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config)
+        if tables is None:
+            info, tables = auto_tables(compiled, info, q, k, v, captures, {}, config)
+    return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, tables=tables)
 
 
 _FIRST_RESULT_SLOT = 5  # slots 0..4: the mod's arguments
@@ -112,7 +118,7 @@ def _loc(fn: Callable[..., Any] | None) -> str:
 
 
 def _recorded_spec(score_mod: Callable[..., Any] | None, mask_mod: Callable[..., Any] | None, gqa: bool,
-                   name: str) -> tuple[SpecInfo, list[torch.Tensor]]:
+                   name: str, block_table: bool = False) -> tuple[SpecInfo, list[torch.Tensor]]:
     """Under Dynamo: record the mods on probes, plan the spec from the tape (a constant), and
     return the captured tensors as graph values in the kernel's order."""
     tape: dict[str, Any] = {"ops": [], "tensors": []}
@@ -126,14 +132,14 @@ def _recorded_spec(score_mod: Callable[..., Any] | None, mask_mod: Callable[...,
     labels = (getattr(score_mod, "__name__", "mod") if score_mod is not None else None,
               getattr(mask_mod, "__name__", "mod") if mask_mod is not None else None,
               _loc(score_mod), _loc(mask_mod))
-    info, order = _plan(score_tape, mask_tape, metas, labels, gqa, name)
+    info, order = _plan(score_tape, mask_tape, metas, labels, gqa, name, block_table)
     return info, [tensors[i].reshape(1) if tensors[i].dim() == 0 else tensors[i] for i in order]
 
 
 @torch._dynamo.assume_constant_result
 def _plan(score_tape: tuple[Any, ...] | None, mask_tape: tuple[Any, ...] | None,
           metas: tuple[tuple[int, torch.dtype, bool, bool], ...], labels: tuple[Any, ...], gqa: bool,
-          name: str) -> tuple[SpecInfo, tuple[int, ...]]:
+          name: str, block_table: bool = False) -> tuple[SpecInfo, tuple[int, ...]]:
     """Replay the tapes through the eager tracer and compile the spec; return its info and the
     recorded tensor feeding each capture (kernel order).  Errors are raised here, in plain Python
     (Dynamo cannot build :class:`SpecError` inside a graph)."""
@@ -183,7 +189,7 @@ def _plan(score_tape: tuple[Any, ...] | None, mask_tape: tuple[Any, ...] | None,
     for i in sorted(scalar):
         if not metas[i][3]:
             raise SpecError(f"captured {metas[i][0]}-D tensor used without indexing", loc)
-    info = spec_info(compile_spec(spec))
+    info = spec_info(compile_spec(spec), block_table)
     by_id = {id(t): i for i, t in enumerate(standins)}
     order = []
     for cname, _, _ in info.captures:

@@ -307,16 +307,27 @@ def run(info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captu
     return (o, lse) if return_lse else o
 
 
+def auto_tables(compiled: CompiledAttention, info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                captures: Sequence[torch.Tensor], params: Mapping[str, Any], config: Mapping[str, Any] | None,
+                ) -> tuple[SpecInfo, dict[str, Any] | None]:
+    """Eager calls of a variant whose compile-time plan would visit empty tiles build block tables
+    for the call (:meth:`CompiledAttention.block_tables_for`) and run its block-table variant;
+    otherwise ``(info, None)``.  Under torch.compile the compile-time plan runs."""
+    if torch.compiler.is_compiling() or not compiled.prefers_block_table():
+        return info, None
+    host.validate(info, q, k, v, captures)
+    if host.is_empty(q, k):
+        return info, None
+    tables = compiled.block_tables_for(q, k, v, list(captures), dict(params), dict(config) if config else None)
+    return spec_info(compiled, True), tables
+
+
 def call_compiled(compiled: CompiledAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                   scale: float | None = None, return_lse: bool = False, config: Mapping[str, Any] | None = None,
                   **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``CompiledAttention.__call__``: captured tensors and params by keyword."""
     info = spec_info(compiled)
     captures, params = host.split_kwargs(info, kwargs)
-    tables = None
-    if not torch.compiler.is_compiling() and compiled.prefers_block_table():
-        host.validate(info, q, k, v, captures)
-        tables = compiled.block_tables_for(q, k, v, captures, params, config)
-        info = spec_info(compiled, True)
+    info, tables = auto_tables(compiled, info, q, k, v, captures, params, config)
     return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, params=params,
                tables=tables)

@@ -1,0 +1,218 @@
+"""attncc's FlexAttention-compatible ``BlockMask``: a mask_mod, block tables, or both.
+
+* :func:`create_block_mask` keeps the mask_mod and the lengths; nothing O(L^2) is built.  At call
+  time the kernels take the symbolic plan of the mask when it is exact, else block tables built
+  for the call's tile sizes (:func:`attncc.runtime.ops.auto_tables`).  The FlexAttention
+  attributes (``kv_num_blocks`` ...) are built on first access at ``BLOCK_SIZE``.
+* :meth:`BlockMask.from_kv_blocks` takes FlexAttention's tensors (data-dependent sparsity: top-k
+  routing and the like); the kernels read these tables directly (partial blocks evaluate the
+  mask_mod, if any; full blocks do not), so a new mask of the same shape never recompiles.
+
+Tables: ``kv_num_blocks [B, H, Mb]``, ``kv_indices [B, H, Mb, Nb]`` (partial blocks),
+``full_kv_num_blocks``, ``full_kv_indices`` (full blocks), and the transposed ``q_*`` lists
+``[B, H, Nb(, Mb)]`` the backward reads; ``B`` and ``H`` may be 1 (broadcast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attncc.codegen.launch import TABLE_ORDER
+from attncc.errors import InputError
+from attncc.runtime.compiled import compile_spec, spec_from_mods
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    bs = (size, size) if isinstance(size, int) else tuple(size)
+    if len(bs) != 2 or any(type(b) is not int or b < 16 or b & (b - 1) for b in bs):
+        raise InputError(f"BLOCK_SIZE must be a power of two >= 16 (or a pair of them), got {size!r}")
+    return bs  # type: ignore[return-value]
+
+
+@dataclass
+class BlockMask:
+    """A mask for ``attncc.flex_attention`` (see the module docstring)."""
+
+    mask_mod: Callable[..., Any] | None
+    B: int | None
+    H: int | None
+    Q_LEN: int
+    KV_LEN: int
+    BLOCK_SIZE: tuple[int, int] = (128, 128)
+    device: Any = None
+    given_tables: dict[str, Any] | None = None  # from_kv_blocks: the kernels read these
+    _built: dict[str, Any] | None = field(default=None, repr=False)
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_kv_blocks(cls, kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
+                       full_kv_num_blocks: torch.Tensor | None = None, full_kv_indices: torch.Tensor | None = None,
+                       BLOCK_SIZE: int | tuple[int, int] = 128, mask_mod: Callable[..., Any] | None = None,
+                       seq_lengths: tuple[int, int] | None = None) -> BlockMask:
+        """FlexAttention's ``BlockMask.from_kv_blocks``: block lists per query block (int32);
+        the transposed lists for the backward are derived here."""
+        from attncc.runtime.blocks import tables_from_flex
+
+        bm, bn = _pair(BLOCK_SIZE)
+        if not isinstance(kv_num_blocks, torch.Tensor) or kv_num_blocks.dim() != 3:
+            raise InputError("from_kv_blocks: kv_num_blocks must be a [B, H, num_query_blocks] tensor")
+        M, N = seq_lengths if seq_lengths is not None else (kv_num_blocks.shape[2] * bm, kv_indices.shape[-1] * bn)
+        bt = tables_from_flex(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, bm, bn, int(M), int(N))
+        tables: dict[str, Any] = {name: getattr(bt, name) for name in TABLE_ORDER}
+        tables.update(block_m=bm, block_n=bn)
+        return cls(mask_mod, kv_num_blocks.shape[0], kv_num_blocks.shape[1], int(M), int(N), (bm, bn),
+                   kv_num_blocks.device, tables)
+
+    # --- FlexAttention's attributes ---------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.B or 1, self.H or 1, self.Q_LEN, self.KV_LEN)
+
+    @property
+    def seq_lengths(self) -> tuple[int, int]:
+        return (self.Q_LEN, self.KV_LEN)
+
+    @property
+    def tables(self) -> dict[str, Any]:
+        """The block tables at ``BLOCK_SIZE``: the given ones, or built from the mask_mod once."""
+        if self.given_tables is not None:
+            return self.given_tables
+        if self._built is None:
+            self._built = self._tables_at(*self.BLOCK_SIZE)
+        return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        if name in TABLE_ORDER:
+            return self.tables[name]
+        raise AttributeError(f"'BlockMask' object has no attribute '{name}'")
+
+    def _spec(self) -> tuple[Any, dict[str, torch.Tensor]]:
+        if self.mask_mod is None:
+            raise InputError("BlockMask: no mask_mod to evaluate (a mask built from block tables only)")
+        spec, caps = spec_from_mods(None, self.mask_mod)
+        return compile_spec(spec), caps
+
+    def _tables_at(self, bm: int, bn: int) -> dict[str, Any]:
+        from attncc.runtime.blocks import block_tables
+
+        bt = block_tables(self.classes(bm, bn), bm, bn)
+        tables: dict[str, Any] = {name: getattr(bt, name) for name in TABLE_ORDER}
+        tables.update(block_m=bm, block_n=bn)
+        return tables
+
+    def classes(self, bm: int | None = None, bn: int | None = None) -> torch.Tensor:
+        """Tile classes ``[B, H, Mb, Nb]`` int8 (0 empty, 1 partial, 2 full) at tiles ``bm x bn``
+        (default ``BLOCK_SIZE``): from the given tables, or from the mask_mod (exact)."""
+        bm, bn = bm or self.BLOCK_SIZE[0], bn or self.BLOCK_SIZE[1]
+        if self.given_tables is not None:
+            if (bm, bn) != self.BLOCK_SIZE:
+                raise InputError(f"BlockMask: block tables were given at {self.BLOCK_SIZE}, not ({bm}, {bn})")
+            return _classes_of(self.given_tables, self.Q_LEN, self.KV_LEN)
+        from attncc.runtime.blocks import classify_tiles
+
+        compiled, caps = self._spec()
+        low = compiled.generated.lowered
+        B, H = self.shape[:2]
+        sizes = {"B": B, "H": H, "HK": H, "M": self.Q_LEN, "N": self.KV_LEN, "D": 1, "E": 1}
+        return classify_tiles(low.mask, sizes, {}, caps, bm, bn)
+
+    # --- views ----------------------------------------------------------------------------------
+    def dense_mask(self) -> torch.Tensor:
+        """Elementwise mask ``[B, H, Q_LEN, KV_LEN]`` (bool): the mask_mod, within the given blocks."""
+        B, H, M, N = self.shape
+        keep = torch.ones(B, H, M, N, dtype=torch.bool)
+        if self.mask_mod is not None:
+            from attncc.runtime.reference import dense_mask, index_env
+
+            spec, caps = spec_from_mods(None, self.mask_mod)
+            env = index_env(spec, B, H, H, M, N, 1, 1, {}, 1.0)
+            keep = keep & dense_mask(spec, env, caps, (B, H, M, N))
+        if self.given_tables is not None:
+            bm, bn = self.BLOCK_SIZE
+            listed = _classes_of(self.given_tables, M, N) > 0
+            listed = listed.expand(B, H, *listed.shape[2:])
+            keep = keep & listed.repeat_interleave(bm, 2).repeat_interleave(bn, 3)[:, :, :M, :N]
+        return keep
+
+    def to_dense(self) -> torch.Tensor:
+        """Block occupancy ``[B, H, Mb, Nb]`` int32: 1 where a block holds an unmasked element."""
+        B, H = self.shape[:2]
+        return (self.classes() > 0).expand(B, H, -1, -1).to(torch.int32)
+
+    def sparsity(self) -> float:
+        """Percentage of blocks that are entirely masked (as torch's ``BlockMask.sparsity``)."""
+        return 100.0 * (1.0 - self.to_dense().float().mean().item())
+
+    def to_string(self, grid_size: tuple[int, int] = (20, 20), limit: int = 4) -> str:
+        """Block map per (batch, head): '█' full, '░' partial, ' ' empty (at most ``limit`` maps)."""
+        classes = self.classes()
+        B, H = self.shape[:2]
+        classes = classes.expand(B, H, -1, -1)
+        lines = [f"BlockMask(shape={self.shape}, sparsity={self.sparsity():.2f}%,"]
+        for b in range(B):
+            for h in range(H):
+                if b * H + h >= limit:
+                    lines.append("...")
+                    return "\n".join([*lines, ")"])
+                lines.append(f"({b}, {h})")
+                grid = classes[b, h][: grid_size[0], : grid_size[1]]
+                lines += ["".join(" ░█"[int(c)] for c in row) for row in grid]
+        return "\n".join([*lines, ")"])
+
+    def stats(self, head_dim: int = 64) -> dict[str, int]:
+        """Kernel tiles at the shape this mask was built for, summed over batch and heads:
+        ``block_m``, ``block_n`` (the forward kernel's default tiles at ``head_dim``),
+        ``tiles_total``, ``tiles_visited`` (what the kernel loads) and ``tiles_nonempty``."""
+        B, H, M, N = self.shape
+        if self.given_tables is not None:
+            bm, bn = self.BLOCK_SIZE
+            cls = _classes_of(self.given_tables, M, N).expand(B, H, -1, -1)
+            visited = nonempty = int((cls > 0).sum())
+        else:
+            compiled, caps = self._spec()
+            low = compiled.generated.lowered
+            cfg = low.schedule.default_config("fwd", head_dim)
+            bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+            cls = self.classes(bm, bn).expand(B, H, -1, -1)
+            nonempty = int((cls > 0).sum())
+            visited = nonempty if compiled.prefers_block_table() else _planned_visits(low, self, bm, bn)
+        total = -(-M // bm) * -(-N // bn) * B * H
+        return {"block_m": bm, "block_n": bn, "tiles_total": total, "tiles_visited": visited,
+                "tiles_nonempty": nonempty}
+
+
+def _classes_of(tables: dict[str, Any], M: int, N: int) -> torch.Tensor:
+    """Tile classes [B, H, Mb, Nb] int8 of FlexAttention-layout tables."""
+    num, idx, fnum, fidx = (tables[n] for n in TABLE_ORDER[:4])
+    Mb, Nb = num.shape[2], -(-N // tables["block_n"])
+    out = torch.zeros(*num.shape, Nb, dtype=torch.int8)
+    for count, index, value in ((num, idx, 1), (fnum, fidx, 2)):
+        cols = torch.arange(index.shape[-1]).view(1, 1, 1, -1)
+        valid = cols < count.unsqueeze(-1).long()
+        target = out.view(-1, Nb)
+        rows = torch.arange(target.shape[0]).view(*num.shape, 1).expand_as(index)
+        target[rows[valid], index.long()[valid]] = value
+    del Mb
+    return out
+
+
+def _planned_visits(low: Any, mask: BlockMask, bm: int, bn: int) -> int:
+    """Key tiles the compile-time (segment) plan of the forward kernel visits, summed over B, H."""
+    from attncc.schedules.prefill.stats import tile_stats
+
+    st = tile_stats(low, low.plan(low.schedule.kernels[0].name), mask.shape + (64,), bm, bn, {})
+    return st.visited if st is not None else -1
+
+
+def create_block_mask(mask_mod: Callable[..., Any], B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
+                      device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128, _compile: bool = False,
+                      **_ignored: Any) -> BlockMask:
+    """FlexAttention-compatible mask object; cheap (no O(L^2) set-up: tables are built when needed)."""
+    bs = _pair(BLOCK_SIZE)
+    if not torch.compiler.is_compiling():  # under torch.compile the mask is recorded at attention time
+        spec_from_mods(None, mask_mod)  # trace now so errors surface at creation
+    return BlockMask(mask_mod, B, H, int(Q_LEN), int(KV_LEN), bs, device)
