@@ -9,7 +9,7 @@ gives a range but no tile of it is known to be full.
 
 For a query tile covering rows ``[m_first, m_last]`` the visited key range of a
 conjunct is ``[min_m lo, max_m hi)`` and its full range ``[max_m lo, min_m hi)``;
-the extremes are found from the monotonicity of ``lo``/``hi`` in ``m``.  Several
+the extremes are found from the monotonicity in ``m`` of each bound.  Several
 conjuncts become consecutive *segments*; they must be ordered (``lo`` of each
 provably <= ``lo`` of the next) so that the kernel can start each segment at the
 end of the previous one and never visit a tile twice.  When no order can be
@@ -219,18 +219,30 @@ def _interval(conjunct: sp.Basic, d: Direction) -> _Interval:
 
 
 def _segment(iv: _Interval, d: Direction) -> Segment:
-    """The :class:`Segment` of one interval for a row tile ``[first, last]``."""
+    """The :class:`Segment` of one interval for a row tile ``[first, last]``.
+
+    ``lo(m) = max(0, *los)`` and ``hi(m) = min(size, *his)``; each bound is taken to its extreme
+    over the tile on its own (``min_m max_i <= max_i min_m`` keeps the visited range a cover, and
+    the full range ``[max_m lo, min_m hi)`` is exact), so only the results are built as sympy
+    ``Max``/``Min``, whose construction is the expensive step.
+    """
     N = d.size
-    lo_m, hi_m = sp.Max(sp.Integer(0), *iv.los), sp.Min(N, *iv.his)
-    lo = _extreme(lo_m, "min", d)
-    hi = _extreme(hi_m, "max", d)
+    lo = _extremes(sp.Max, (sp.Integer(0), *iv.los), "min", d)
+    hi = _extremes(sp.Min, (N, *iv.his), "max", d)
     if lo is None or hi is None:
         return Segment(iv.conjunct, sp.Integer(0), N, None, None)
-    full_lo = _extreme(lo_m, "max", d) if iv.exact else None
-    full_hi = _extreme(hi_m, "min", d) if iv.exact else None
+    full_lo = _extremes(sp.Max, (sp.Integer(0), *iv.los), "max", d) if iv.exact else None
+    full_hi = _extremes(sp.Min, (N, *iv.his), "min", d) if iv.exact else None
     if full_lo is None or full_hi is None:
         full_lo = full_hi = None
     return Segment(iv.conjunct, lo, hi, full_lo, full_hi)
+
+
+def _extremes(combine: type[sp.Max] | type[sp.Min], bounds: tuple[sp.Expr, ...], want: str,
+              d: Direction) -> sp.Expr | None:
+    """``combine`` of each bound's ``want`` extreme over the row tile; None if one is unknown."""
+    ends = [_extreme(b, want, d) for b in bounds]
+    return None if any(e is None for e in ends) else combine(*ends)
 
 
 # --- unions per conjunct ----------------------------------------------------------------------
