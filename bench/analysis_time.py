@@ -2,7 +2,8 @@
 
 Each pattern is parsed from spec text, sympy's cache is cleared, and the ``analyse_mask`` work is
 timed (wall clock, and process CPU time, which a busy machine disturbs less):
-:func:`attncc.passes.mask_analysis.analyse` along keys (forward, dQ) and along queries (dK/dV).  ``--lower`` also times the whole pass pipeline (``attncc.compiler.lower``).
+:func:`attncc.passes.mask_analysis.analyse` along keys (forward, dQ) and along queries (dK/dV).
+``--lower`` also times the whole pass pipeline (``attncc.compiler.lower``).
 The last pattern is a stress case at the DNF bound (``MAX_CONJUNCTS``), not a pattern of the issue.
 Usage: python bench/analysis_time.py [--runs 3] [--lower] [--json]
 """

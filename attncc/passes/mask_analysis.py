@@ -9,12 +9,25 @@ gives a range but no tile of it is known to be full.
 
 For a query tile covering rows ``[m_first, m_last]`` the visited key range of a
 conjunct is ``[min_m lo, max_m hi)`` and its full range ``[max_m lo, min_m hi)``;
-the extremes are found from the monotonicity in ``m`` of each bound.  Several
-conjuncts become consecutive *segments*; they must be ordered (``lo`` of each
-provably <= ``lo`` of the next) so that the kernel can start each segment at the
-end of the previous one and never visit a tile twice.  When no order can be
-proven, or no bound exists, the analysis falls back to a single segment that is
-visited entirely and masked elementwise (always correct).
+the extremes are found from the monotonicity in ``m`` of each bound.
+
+Several conjuncts become consecutive *segments*, and all the work is polynomial in the
+number ``k`` of conjuncts (bounded by :data:`MAX_CONJUNCTS`, beyond which the analysis
+falls back before expanding the DNF):
+
+1. exact conjuncts with one lower and one upper bound whose ends differ by integer
+   constants and that overlap or touch merge into one (``n == m | n == m - 1`` is the band
+   ``[m - 1, m + 1)``, still exact);
+2. segments with identical visited bounds merge into one (an OR inside a conjunct that the
+   DNF split apart);
+3. segments must be ordered (``lo`` of each provably <= ``lo`` of the next) so that the
+   kernel can start each segment at the end of the previous one and never visit a tile
+   twice.  ``lo_i <= lo_j`` is proven once per pair (:class:`_Prover`, no ``simplify``) and
+   closed transitively; segments that cannot be placed in order are merged into one segment
+   covering their union (from the least ``lo`` to the greatest ``hi``).
+
+When no bound exists the analysis falls back to a single segment that is visited entirely
+and masked elementwise (always correct).
 """
 
 from __future__ import annotations
