@@ -450,22 +450,26 @@ def _union(group: list[Segment]) -> Segment:
 
 
 # --- the analysis ------------------------------------------------------------------------------
-def dnf_size(pred: sp.Basic, limit: int) -> int:
-    """Number of conjuncts of the DNF of ``pred`` (negation normal form), or ``limit + 1`` if larger."""
-    if isinstance(pred, sp.Or):
-        total = 0
+def dnf_size(pred: sp.Basic, limit: int, negated: bool = False) -> int:
+    """Number of conjuncts of the DNF of ``pred`` (``Not`` pushed to the atoms), or more than ``limit``.
+
+    Counted on the formula before any expansion: an OR adds, an AND multiplies; other boolean
+    functions (``Xor``, ``Implies``, ...) count ``2**atoms``, an upper bound.
+    """
+    kind = type(pred)
+    if kind is sp.Not:
+        return dnf_size(pred.args[0], limit, not negated)
+    if kind in (sp.And, sp.Or):
+        adds = (kind is sp.Or) != negated
+        total = 0 if adds else 1
         for a in pred.args:
-            total += dnf_size(a, limit)
+            size = dnf_size(a, limit, negated)
+            total = total + size if adds else total * size
             if total > limit:
                 return limit + 1
         return total
-    if isinstance(pred, sp.And):
-        total = 1
-        for a in pred.args:
-            total *= dnf_size(a, limit)
-            if total > limit:
-                return limit + 1
-        return total
+    if isinstance(pred, sp.logic.boolalg.BooleanFunction):
+        return min(2 ** len(pred.atoms(sp.core.relational.Relational)), limit + 1)
     return 1
 
 
@@ -491,11 +495,9 @@ def _analyse(pred: sp.Basic, d: Direction) -> MaskAnalysis:
     atoms = pred.atoms(sp.core.relational.Relational)
     if len(atoms) > MAX_ATOMS_FOR_DNF:
         return _fallback(pred, f"{len(atoms)} comparisons: too many for DNF", d)
-    nnf = sp.to_nnf(pred, simplify=False)
-    size = dnf_size(nnf, MAX_CONJUNCTS)
-    if size > MAX_CONJUNCTS:
+    if dnf_size(pred, MAX_CONJUNCTS) > MAX_CONJUNCTS:
         return _fallback(pred, f"DNF of more than {MAX_CONJUNCTS} conjuncts", d)
-    dnf = sp.to_dnf(nnf, simplify=False)
+    dnf = sp.to_dnf(pred, simplify=False)
     conjuncts = dnf.args if isinstance(dnf, sp.Or) else (dnf,)
     if len(conjuncts) == 1:
         return MaskAnalysis(pred, (_segment(_interval(conjuncts[0], d), d),), False, "one interval")

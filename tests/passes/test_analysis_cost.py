@@ -18,7 +18,7 @@ import pytest
 import sympy as sp
 
 from attncc.ir import expr as E
-from attncc.passes.mask_analysis import KEYS, MAX_CONJUNCTS, QUERIES, MaskAnalysis, analyse
+from attncc.passes.mask_analysis import KEYS, MAX_CONJUNCTS, QUERIES, MaskAnalysis, analyse, dnf_size
 from attncc.passes.plans import SegmentPlan, tile_env
 from attncc.spec.loader import load_text
 
@@ -196,3 +196,17 @@ def test_unordered_ranges_become_one_union() -> None:
         swapped = Pattern(pat.mask, pat.pred, params)
         mask, values = _mask(swapped)
         check_plan(analysis, swapped, values, "keys", 64, 64, 8, 8)
+
+
+@pytest.mark.parametrize("formula", [
+    pytest.param("And(Or(a, b), Or(c, d, e))", id="and-of-ors"),
+    pytest.param("Not(And(Or(a, b), Or(c, d)))", id="negated"),
+    pytest.param("Or(And(a, Or(b, c)), Not(Or(d, And(e, a))))", id="nested"),
+])
+def test_dnf_size_counts_the_conjuncts_before_expanding(formula: str) -> None:
+    atoms = {s: sp.Symbol(s) > 0 for s in "abcde"}
+    pred = sp.sympify(formula, locals={**atoms, "And": sp.And, "Or": sp.Or, "Not": sp.Not})
+    expanded = sp.to_dnf(pred, simplify=False)
+    want = len(expanded.args) if isinstance(expanded, sp.Or) else 1
+    assert dnf_size(pred, 1000) == want, f"{formula}: counted {dnf_size(pred, 1000)}, DNF has {want}"
+    assert dnf_size(pred, want - 1) == want, f"{formula}: the count stops just above the limit"
