@@ -135,3 +135,66 @@ def test_monotonicity() -> None:
     assert monotonicity(sp.floor(E.m / 64) * 64) == 1
     assert monotonicity(sp.Mod(E.m, 7)) is None
     assert monotonicity(W) == 0
+
+
+# Analyses of the built-in specs as recorded before the polynomial ordering replaced the search over
+# permutations: spec/direction -> (note, [(lo, hi, full_lo, full_hi), ...]).  The new ordering must keep
+# them exactly (it may only be tighter where the permutation search fell back).
+RECORDED: dict[str, tuple[str, list[tuple[str, str, str, str]]]] = {
+    "alibi/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "alibi/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+    "causal/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "causal/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+    "cross_attention/keys": ("one interval", [
+        ("0", "Min(N, IntLoad(kv_lens, b))", "0", "Min(N, IntLoad(kv_lens, b))"),
+    ]),
+    "cross_attention/queries": ("one interval", [("0", "M", "None", "None")]),
+    "distinct_value_dim/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "distinct_value_dim/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+    "full/keys": ("no mask", [("0", "N", "0", "N")]),
+    "full/queries": ("no mask", [("0", "M", "0", "M")]),
+    "gqa/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "gqa/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+    "prefix_lm/keys": ("2 ordered intervals", [
+        ("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)"),
+        ("0", "Min(N, prefix)", "0", "Min(N, prefix)"),
+    ]),
+    "prefix_lm/queries": ("2 ordered intervals", [
+        ("0", "M", "None", "None"),
+        ("n_first", "M", "n_last", "M"),
+    ]),
+    "relative_bias/keys": ("no mask", [("0", "N", "0", "N")]),
+    "relative_bias/queries": ("no mask", [("0", "M", "0", "M")]),
+    "sinks_window/keys": ("2 ordered intervals", [
+        ("0", "Min(N, sinks, m_last + 1)", "0", "Min(N, sinks, m_first + 1)"),
+        ("Max(0, m_first - window + 1)", "Min(N, m_last + 1)", "Max(0, m_last - window + 1)", "Min(N, m_first + 1)"),
+    ]),
+    "sinks_window/queries": ("2 ordered intervals", [
+        ("n_first", "M", "None", "None"),
+        ("n_first", "Min(M, n_last + window)", "n_last", "Min(M, n_first + window)"),
+    ]),
+    "sliding_window/keys": ("one interval", [
+        ("Max(0, m_first - window + 1)", "Min(N, m_last + 1)", "Max(0, m_last - window + 1)", "Min(N, m_first + 1)"),
+    ]),
+    "sliding_window/queries": ("one interval", [
+        ("n_first", "Min(M, n_last + window)", "n_last", "Min(M, n_first + window)"),
+    ]),
+    "sliding_window_symmetric/keys": ("one interval", [
+        ("Max(0, m_first - window)", "Min(N, m_last + window + 1)", "Max(0, m_last - window)", "Min(N, m_first + window + 1)"),
+    ]),
+    "sliding_window_symmetric/queries": ("one interval", [
+        ("Max(0, n_first - window)", "Min(M, n_last + window + 1)", "Max(0, n_last - window)", "Min(M, n_first + window + 1)"),
+    ]),
+    "softcap/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "softcap/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+    "temperature/keys": ("one interval", [("0", "Min(N, m_last + 1)", "0", "Min(N, m_first + 1)")]),
+    "temperature/queries": ("one interval", [("n_first", "M", "n_last", "M")]),
+}
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, id=k.replace("/", "-")) for k in RECORDED])
+def test_builtin_analyses_match_the_record(key: str) -> None:
+    name, swept = key.split("/")
+    analysis = analyse(resolve(name).mask, {"keys": KEYS, "queries": QUERIES}[swept])
+    got = (analysis.note, [(str(s.lo), str(s.hi), str(s.full_lo), str(s.full_hi)) for s in analysis.segments])
+    assert got == (RECORDED[key][0], list(RECORDED[key][1])), f"{key}: analysis changed to {got}"

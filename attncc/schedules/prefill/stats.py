@@ -44,37 +44,61 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _index_sets(mask: object, B: int, H: int) -> tuple[list[tuple[int, int]], int]:
+    """The ``(b, h)`` pairs to evaluate ``mask`` at, and how many pairs each one stands for.
+
+    Only the indices the mask reads are enumerated: a mask of ``h`` alone is evaluated once per
+    head (at ``b = 0``), standing for ``B`` pairs each; a mask of neither once, standing for ``B * H``.
+    """
+    free = mask.free_symbols  # type: ignore[attr-defined]
+    bs = range(B) if E.b in free else range(1)
+    hs = range(H) if E.h in free else range(1)
+    return [(b, h) for b in bs for h in hs], (B * H) // (len(bs) * len(hs))
+
+
 def tile_stats(low: Lowered, plan: Plan, shape: tuple[int, ...], bm: int, bn: int,
                params: Mapping[str, Any] | None = None) -> TileStats | None:
-    """Statistics of ``plan`` (a key sweep) for ``shape = (B, H, M, N, D[, E])``; None when the mask
-    reads captured tensors or the shape has more than :data:`MAX_QUERY_TILES` query tiles."""
+    """Statistics of ``plan`` (a key sweep) for ``shape = (B, H, M, N, D[, E])``, summed over batch
+    and heads; None when the mask reads captured tensors or more than :data:`MAX_QUERY_TILES` query
+    tiles would be evaluated (query tiles times the ``(b, h)`` pairs a b/h-dependent mask needs)."""
     mask = low.mask
-    if E.loads(mask) or _cdiv(shape[2], bm) > MAX_QUERY_TILES:
-        return None
     B, H, M, N, D = shape[:5]
-    count_elements = M * N <= MAX_MASK_ELEMENTS
+    pairs, weight = _index_sets(mask, B, H)
+    if E.loads(mask) or _cdiv(M, bm) * len(pairs) > MAX_QUERY_TILES:
+        return None
+    count_elements = M * N * len(pairs) <= MAX_MASK_ELEMENTS
     params = params or {}
     sizes = {"B": B, "H": H, "HK": H, "M": M, "N": N, "D": D, "E": shape[5] if len(shape) > 5 else D}
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
-    heads = B * H if {E.b, E.h} & mask.free_symbols else 1
+    visited = full = non_empty = 0
+    for b, h in pairs:
+        v, f, ne = _row_tiles(low, plan, sizes, values, bm, bn, b, h, count_elements)
+        visited, full, non_empty = visited + v, full + f, non_empty + ne
+    total = _cdiv(M, bm) * _cdiv(N, bn) * B * H
+    return TileStats(bm, bn, total, visited * weight, full * weight, (visited - full) * weight,
+                     non_empty * weight if count_elements else None)
+
+
+def _row_tiles(low: Lowered, plan: Plan, sizes: Mapping[str, int], values: Mapping[Any, Any], bm: int, bn: int,
+               b: int, h: int, count_elements: bool) -> tuple[int, int, int]:
+    """(visited, full, non-empty) key tiles over every query tile of batch ``b``, head ``h``."""
+    M, N = sizes["M"], sizes["N"]
     visited = full = non_empty = 0
     n_idx = torch.arange(N).view(1, -1)
     for pid in range(_cdiv(M, bm)):
         first, last = pid * bm, min(pid * bm + bm, M) - 1
-        tiles = plan.visits(tile_env(plan, sizes, values, first, last), bn)
+        env = tile_env(plan, sizes, values, first, last, b, h)
+        tiles = plan.visits(env, bn)
         visited += len(tiles)
         full += sum(1 for t in tiles if not t.masked)
         if not count_elements:
             continue
-        env = {**tile_env(plan, sizes, values, first, last), E.m: torch.arange(first, last + 1).view(-1, 1), E.n: n_idx}
-        keep = torch.as_tensor(evaluate(mask, env, {})).expand(last - first + 1, N)
+        env = {**env, E.m: torch.arange(first, last + 1).view(-1, 1), E.n: n_idx}
+        keep = torch.as_tensor(evaluate(low.mask, env, {})).expand(last - first + 1, N)
         pad = torch.zeros(keep.shape[0], _cdiv(N, bn) * bn, dtype=torch.bool)
         pad[:, :N] = keep
         non_empty += int(pad.view(keep.shape[0], -1, bn).any(2).any(0).sum())
-    scale = B * H if heads == 1 else 1  # b/h-dependent masks were evaluated at b = h = 0 only
-    total = _cdiv(M, bm) * _cdiv(N, bn) * B * H
-    return TileStats(bm, bn, total, visited * scale, full * scale, (visited - full) * scale,
-                     non_empty * scale if count_elements else None)
+    return visited, full, non_empty
 
 
 def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
@@ -101,6 +125,6 @@ def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | N
     out["shape"] = dict(zip("BHMNDE", shape, strict=False))
     if st is None:
         why = ("depends on captured tensor values" if E.loads(low.mask)
-               else f"not computed: more than {MAX_QUERY_TILES} query tiles")
+               else f"not computed: more than {MAX_QUERY_TILES} query tiles (over the batches/heads the mask reads)")
     out["tiles"] = asdict(st) if st else why
     return out
