@@ -25,7 +25,7 @@ import torch
 from attncc.errors import SpecError
 from attncc.ir import expr as E
 from attncc.spec.names import collisions, name_problem
-from attncc.spec.parser import short_text, bit_operation
+from attncc.spec.parser import bit_operation, short_text
 
 
 def _where_loc(fn: Callable[..., Any]) -> str:
@@ -383,7 +383,12 @@ def _getitem(t: Any, idx: Any) -> Sym:
 
 
 def _where(cond: Any, a: Any, b: Any) -> Sym:
-    return Sym(E.where(_cond(_ex(cond)), _ex(a), _ex(b)))
+    c, x, y = _cond(_ex(cond)), _ex(a), _ex(b)
+    if _is_bool(x) and _is_bool(y):  # a choice between two conditions is a condition
+        return Sym(sp.Or(sp.And(c, x), sp.And(sp.Not(c), y)))
+    if _is_bool(x) or _is_bool(y):
+        x, y = (_convert(v, "int") if _is_bool(v) else v for v in (x, y))  # torch promotes the bool branch
+    return Sym(E.where(c, x, y))
 
 
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[..., Sym]:
