@@ -2,11 +2,16 @@
 
 The function is called once with :class:`Sym` proxies for ``score, b, h, q_idx,
 kv_idx``.  Python operators and the torch functions a mod may use (``torch.where``,
-``torch.tanh``, ``torch.abs``, comparisons, ``&``, ``|``, ``~``, indexing of
+``torch.tanh``, ``torch.abs``, comparisons, ``& | ^ << >> ~``, indexing of
 captured tensors, ...) are intercepted through ``__torch_function__`` and build
-an expression of :mod:`attncc.ir.expr`.  Captured tensors become named loads;
-Python numbers captured by closures become constants.  Anything else (data-
-dependent ``if``, unsupported torch functions) is a one-line :class:`SpecError`.
+an expression of :mod:`attncc.ir.expr`; tensor methods (``x.clamp_min(0)``,
+``b.new_ones(())``, ``x.to(torch.bool)``, :data:`_METHODS`) are methods of the proxy,
+so torch's ``and_masks``, ``or_masks`` and ``noop_mask`` trace as written.  Bit
+operators are logical on conditions and bitwise on integers, as in torch; dtype
+conversions follow torch (a float converted to an integer truncates toward zero).
+Captured tensors become named loads (an index may itself be a load); Python numbers
+captured by closures become constants.  Anything else (data-dependent ``if``,
+unsupported torch functions) is a one-line :class:`SpecError`.
 """
 
 from __future__ import annotations

@@ -299,3 +299,24 @@ def test_traced_log2_mask_agrees_with_block_mask_dense() -> None:
     want = (d == 0) | ((d > 0) & ((d & (d - 1)) == 0))
     got_d = sorted({int(v) for v in d[dense]})
     assert torch.equal(dense, want), f"dense_mask distances {got_d}, expected 0, 1, 2, 4, ..., 64"
+
+
+# --- real (not interpreted) Triton code generation of the printed forms ---------------------------
+
+def test_bit_and_log2_kernels_compile_ahead_of_time(tmp_path) -> None:
+    """The interpreter does not apply Triton's type rules: compile fwd and bwd for sm_90 for real
+    (bit operators, a shift by the head index, ``_floor_log2``, ``tl.log2``, a load indexed by a load)."""
+    from attncc.runtime.aot_spec import report_many
+    from attncc.spec.loader import load_file
+
+    text = spec_text("(n <= m) & (((m - n) & (m - n - 1)) == 0) & (((m >> h) ^ (n << 1)) != 5) "
+                     "& (floor(log2(m + 1)) % 2 == 0) & (log2(m + 1) >= 0)",
+                     "score + bias[h, dist[b, m, n] | 1]")
+    text = text.replace("[cascade]", '[captures]\nbias = { dims = "h k" }\n'
+                        'dist = { dims = "b m n", dtype = "int32" }\n[cascade]')
+    path = tmp_path / "bits.toml"
+    path.write_text(text)
+    reports = report_many([(load_file(path), "sm_90", "fp16", 64, None, None, ("fwd", "bwd"))])
+    kernels = {r.kernel.split(".")[1].split("[")[0] for r in reports}
+    assert kernels == {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}, kernels
+    assert all(r.registers > 0 for r in reports), [(r.kernel, r.registers) for r in reports]
