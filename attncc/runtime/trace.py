@@ -408,10 +408,6 @@ def _unary(fn: Callable[[sp.Basic], sp.Basic]) -> Callable[..., Sym]:
     return run
 
 
-def _identity(a: Any, *rest: Any, **kw: Any) -> Any:
-    return a
-
-
 def _clamp_min(a: Any, min: Any = None, **kw: Any) -> Sym:  # noqa: A002 - torch's keyword name
     return _clamp(a, min, None)
 
