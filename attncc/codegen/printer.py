@@ -30,6 +30,16 @@ def _floordiv(a, b):
     q = a // b
     return q - (((a % b) != 0) & ((a < 0) != (b < 0))).to(q.dtype)
 ''',
+    "_floor_log2": '''@triton.jit
+def _floor_log2(x):
+    """floor(log2(x)) of an integer x: exact for x >= 1 (fp32 log2, then corrected by one where the
+    conversion to fp32 or the rounding crossed a power of two); for x <= 0 what tl.log2 gives."""
+    f = tl.floor(tl.log2(x.to(tl.float32)))
+    k = tl.where(x > 0, f, 0.0).to(x.dtype)
+    y = x >> k
+    k = tl.where(y >= 2, k + 1, tl.where(y == 0, k - 1, k))
+    return tl.where(x > 0, k.to(tl.float32), f)
+''',
     "_pymod": '''@triton.jit
 def _pymod(a, b):
     """Python's a % b for integers (result has the sign of b)."""
@@ -131,6 +141,10 @@ class TritonPrinter(StrPrinter):
         return s if (e.is_Atom or s.startswith("(")) else f"({s})"
 
     def _print_Mul(self, e: sp.Mul) -> str:
+        split = E.log2_split(e)
+        if split is not None:
+            text = self.log2(split[0])
+            return text if split[1] == 1 else f"({self._wrap(split[1])} * {text})"
         num, den = [], []
         for a in e.args:
             if a.is_Pow and a.exp.is_negative and a.exp == -1:
@@ -192,6 +206,22 @@ class TritonPrinter(StrPrinter):
     def _print_exp(self, e: sp.Basic) -> str:
         return f"tl.exp({self.f(e.args[0])})"
 
+    def log2(self, x: sp.Expr) -> str:
+        """``log2(x)``: a base-2 logarithm (exact at powers of two), not ``log(x) * (1 / log(2))``."""
+        return f"tl.log2({self.f(x)})"
+
+    def floor_log2(self, x: sp.Expr) -> str:
+        """``floor(log2(x))`` of an integer expression, exact."""
+        self.helpers.add("_floor_log2")
+        return f"_floor_log2({self.p(x)})"
+
+    def _print_BitOp(self, e: E.BitOp) -> str:
+        a, b_ = e.args
+        return f"({self._wrap(a)} {e.symbol} {self._wrap(b_)})"
+
+    # sympy dispatches a Function subclass by its own name only
+    _print_BitAnd = _print_BitOr = _print_BitXor = _print_ShiftLeft = _print_ShiftRight = _print_BitOp
+
     def _print_log(self, e: sp.Basic) -> str:
         return f"tl.log({self.f(e.args[0])})"
 
@@ -234,6 +264,9 @@ class TritonPrinter(StrPrinter):
         arg = e.args[0]
         if arg.is_integer:
             return self.p(arg)
+        x = E.floor_log2_argument(e)
+        if x is not None:
+            return self.floor_log2(x)
         nd = self._int_div(arg)
         if nd is None:
             return f"tl.floor({self.p(arg)})"
@@ -340,6 +373,21 @@ class TorchPrinter(TritonPrinter):
     def _print_tanh(self, e: sp.Basic) -> str:
         return self._torch_fn(e, "tanh")
 
+    def log2(self, x: sp.Expr) -> str:
+        return f"torch.log2(_t({self.p(x)}).double())"
+
+    def floor_log2(self, x: sp.Expr) -> str:
+        """Exact through the binary exponent: x = f * 2**e with 0.5 <= f < 1 for x >= 1."""
+        t = f"_t({self.p(x)})"
+        return (f"torch.where({t} > 0, torch.frexp({t}.double())[1] - 1.0, "
+                f"torch.floor(torch.log2({t}.double())))")
+
+    def _print_BitOp(self, e: E.BitOp) -> str:
+        a, b_ = e.args
+        return f"(_t({self.p(a)}) {e.symbol} _t({self.p(b_)}))"
+
+    _print_BitAnd = _print_BitOr = _print_BitXor = _print_ShiftLeft = _print_ShiftRight = _print_BitOp
+
     def _print_sign(self, e: sp.Basic) -> str:
         return f"torch.sign(_t({self.p(e.args[0])}))"
 
@@ -347,6 +395,9 @@ class TorchPrinter(TritonPrinter):
         arg = e.args[0]
         if arg.is_integer:
             return self.p(arg)
+        x = E.floor_log2_argument(e)
+        if x is not None:
+            return self.floor_log2(x)
         nd = self._int_div(arg)
         if nd is None:
             return f"torch.floor(_t({self.p(arg)}))"
@@ -372,6 +423,8 @@ class TorchPrinter(TritonPrinter):
         return out
 
     def _print_Function(self, e: sp.Basic) -> str:
+        if isinstance(e, E.Load):
+            return self.capture(e, self)  # a load inside an index (bias[dist[b, m, n]])
         raise KeyError(f"no torch form for {type(e).__name__} in an index expression")
 
     _print_Load = _print_Function

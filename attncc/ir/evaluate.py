@@ -28,6 +28,19 @@ def _t(x: Value) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.tensor(x)
 
 
+def floor_log2(x: torch.Tensor) -> torch.Tensor:
+    """``floor(log2(x))`` of an integer tensor, exact for ``x >= 1`` (the binary exponent of
+    ``x = f * 2**e``, ``0.5 <= f < 1``); what ``floor(log2(x))`` gives (-inf, nan) for ``x <= 0``."""
+    xd = x.double()
+    return torch.where(x > 0, torch.frexp(xd)[1].double() - 1.0, torch.floor(torch.log2(xd)))
+
+
+_BIT_FUNCS = {
+    E.BitAnd: torch.bitwise_and, E.BitOr: torch.bitwise_or, E.BitXor: torch.bitwise_xor,
+    E.ShiftLeft: torch.bitwise_left_shift, E.ShiftRight: torch.bitwise_right_shift,
+}
+
+
 class _Eval:
     def __init__(self, env: Mapping[sp.Symbol, Value], captures: Mapping[str, torch.Tensor]) -> None:
         self.env = env
@@ -63,6 +76,10 @@ class _Eval:
         return out
 
     def _Mul(self, e: sp.Basic) -> Value:
+        split = E.log2_split(e)
+        if split is not None:  # log2(x): exact at powers of two, like the kernel's tl.log2
+            out = torch.log2(_t(self(split[0])).double())
+            return out if split[1] == 1 else self(split[1]) * out
         out = 1
         for a in self._args(e):
             out = out * a
@@ -96,6 +113,9 @@ class _Eval:
         return self._unary(e, torch.sign)
 
     def _floor(self, e: sp.Basic) -> Value:
+        x = E.floor_log2_argument(e)
+        if x is not None:
+            return floor_log2(_t(self(x)))
         arg = e.args[0]
         num, den = sp.fraction(sp.together(arg))
         if num.is_integer and den.is_integer and den != 1:
@@ -170,6 +190,12 @@ class _Eval:
 
     def _Not(self, e: sp.Basic) -> Value:
         return ~_t(self(e.args[0]))
+
+    def _bitop(self, e: sp.Basic) -> Value:
+        a, b_ = (_t(v) for v in self._args(e))
+        return _BIT_FUNCS[type(e)](a, b_)
+
+    _BitAnd = _BitOr = _BitXor = _ShiftLeft = _ShiftRight = _bitop
 
     def _Load(self, e: E.Load) -> Value:
         t = self.captures.get(e.tensor_name)

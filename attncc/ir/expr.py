@@ -12,7 +12,13 @@ built only from the pieces below:
 * ``Load(name, i0, i1, ...)``: an element of a captured tensor;
 * sympy arithmetic, ``Piecewise`` (where), ``Min``/``Max``, ``Abs``, ``exp``,
   ``log``, ``sqrt``, ``tanh``, ``floor`` (integer ``//``), ``Mod`` (``%``, Python
-  sign convention), relationals and ``And``/``Or``/``Not``.
+  sign convention), relationals and ``And``/``Or``/``Not``;
+* integer bit operations ``BitAnd``, ``BitOr``, ``BitXor``, ``ShiftLeft``,
+  ``ShiftRight`` on integer expressions (build them with :func:`bitwise`).
+
+``log2(x)`` is ``log(x) / log(2)``; printers and the dense evaluator recognise that
+product (:func:`log2_split`) and compute it as a base-2 logarithm, exactly for
+powers of two, and ``floor(log2(x))`` of an integer ``x >= 1`` exactly.
 
 Nothing else may appear; ``check_vocabulary`` enforces this.
 """
@@ -80,6 +86,161 @@ def load(name: str, *indices: sp.Expr, integer: bool = False) -> Load:
     return cls(sp.Symbol(name), *[sp.sympify(i) for i in indices])
 
 
+class BitOp(sp.Function):
+    """A two's-complement bit operation on two integer expressions (Python's semantics).
+
+    Integer-valued; evaluates only when both arguments are integer literals.
+    """
+
+    nargs = 2
+    is_integer = True
+    symbol = ""
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def eval(cls, a: sp.Basic, b_: sp.Basic) -> sp.Integer | None:
+        if isinstance(a, sp.Integer) and isinstance(b_, sp.Integer):
+            return sp.Integer(cls.apply(int(a), int(b_)))
+        return None
+
+
+class BitAnd(BitOp):
+    """``a & b``: non-negative when either operand is."""
+
+    symbol = "&"
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        return a & b_
+
+    def _eval_is_nonnegative(self) -> bool | None:
+        a, b_ = self.args
+        if a.is_nonnegative or b_.is_nonnegative:
+            return True
+        if a.is_negative and b_.is_negative:
+            return False
+        return None
+
+
+class BitOr(BitOp):
+    """``a | b``: negative when either operand is."""
+
+    symbol = "|"
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        return a | b_
+
+    def _eval_is_nonnegative(self) -> bool | None:
+        a, b_ = self.args
+        if a.is_negative or b_.is_negative:
+            return False
+        if a.is_nonnegative and b_.is_nonnegative:
+            return True
+        return None
+
+
+class BitXor(BitOp):
+    """``a ^ b``: non-negative when both operands have the same sign."""
+
+    symbol = "^"
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        return a ^ b_
+
+    def _eval_is_nonnegative(self) -> bool | None:
+        a, b_ = self.args
+        if a.is_nonnegative is None or b_.is_nonnegative is None:
+            return None
+        return bool(a.is_nonnegative) == bool(b_.is_nonnegative)
+
+
+MAX_SHIFT = 63  # shift counts a literal shift may use
+
+
+def _shift_count(k: int) -> int:
+    if not 0 <= k <= MAX_SHIFT:
+        raise ValueError(f"shift count {k} out of range [0, {MAX_SHIFT}]")
+    return k
+
+
+class ShiftLeft(BitOp):
+    """``a << k``: the sign of ``a``."""
+
+    symbol = "<<"
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        return a << _shift_count(b_)
+
+    def _eval_is_nonnegative(self) -> bool | None:
+        return self.args[0].is_nonnegative
+
+
+class ShiftRight(BitOp):
+    """``a >> k`` (arithmetic: rounds toward -inf): the sign of ``a``."""
+
+    symbol = ">>"
+
+    @staticmethod
+    def apply(a: int, b_: int) -> int:
+        return a >> _shift_count(b_)
+
+    def _eval_is_nonnegative(self) -> bool | None:
+        return self.args[0].is_nonnegative
+
+
+BIT_OPS: dict[str, type[BitOp]] = {c.symbol: c for c in (BitAnd, BitOr, BitXor, ShiftLeft, ShiftRight)}
+for _op in BIT_OPS.values():
+    _op._imp_ = staticmethod(_op.apply)  # what sympy.lambdify calls (brute-force checks in tests)
+
+
+def bitwise(op: str, a: sp.Expr, b_: sp.Expr) -> sp.Expr:
+    """``a OP b`` for ``OP`` in ``& | ^ << >> ~`` on integer expressions (``~`` ignores ``b_``).
+
+    ``~a`` is ``-a - 1`` and a shift by a constant count is ``a * 2**k`` or ``floor(a / 2**k)``
+    (the same values): plain arithmetic that the mask analysis can reason about.  Other
+    operations are :class:`BitOp` functions.  Raises ``ValueError`` for a constant shift count
+    outside ``[0, 63]``.
+    """
+    if op == "~":
+        return -a - 1
+    if op in ("<<", ">>") and isinstance(b_, sp.Integer):
+        k = sp.Integer(2) ** _shift_count(int(b_))
+        return a * k if op == "<<" else sp.floor(a / k)
+    return BIT_OPS[op](a, b_)
+
+
+def log2_split(e: sp.Basic) -> tuple[sp.Expr, sp.Expr] | None:
+    """``(x, c)`` when ``e`` is ``c * log(x) / log(2)`` (how ``log2(x)`` is spelled), else None."""
+    if not isinstance(e, sp.Mul):
+        return None
+    inv = sp.Pow(sp.log(2), -1)
+    factors = list(e.args)
+    if inv not in factors:
+        return None
+    factors.remove(inv)
+    logs = [f for f in factors if isinstance(f, sp.log) and len(f.args) == 1]
+    if len(logs) != 1:
+        return None
+    factors.remove(logs[0])
+    return logs[0].args[0], sp.Mul(*factors)
+
+
+def floor_log2_argument(e: sp.Basic) -> sp.Expr | None:
+    """``x`` when ``e`` is ``floor(log2(x))`` of an integer expression ``x``, else None."""
+    if not isinstance(e, sp.floor):
+        return None
+    split = log2_split(e.args[0])
+    if split is None or split[1] != 1 or not integer_valued(split[0]):
+        return None
+    return split[0]
+
+
 def where(cond: sp.Basic, a: sp.Expr, b_: sp.Expr) -> sp.Expr:
     """``cond ? a : b`` as a ``Piecewise``; constant conditions fold."""
     if cond is sp.true:
@@ -91,7 +252,7 @@ def where(cond: sp.Basic, a: sp.Expr, b_: sp.Expr) -> sp.Expr:
 
 _ALLOWED_FUNCS = (
     sp.Piecewise, sp.Min, sp.Max, sp.Abs, sp.exp, sp.log, sp.tanh, sp.floor, sp.ceiling,
-    sp.Mod, sp.sign, Load, IntLoad,
+    sp.Mod, sp.sign, Load, IntLoad, BitAnd, BitOr, BitXor, ShiftLeft, ShiftRight,
 )
 _ALLOWED_ATOMS = (sp.Symbol, sp.Number, sp.logic.boolalg.BooleanAtom, sp.NumberSymbol)
 _ALLOWED_OPS = (

@@ -51,6 +51,28 @@ class _Probe(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+class _ScoreProbe(_Probe):
+    """The ``score`` argument.  ``dtype`` and ``device`` are properties with constant values: Dynamo
+    traces a property of a subclass, but refuses to read a tensor attribute through the subclass's
+    disabled ``__torch_function__`` (``score.dtype`` in ``x.to(score.dtype)``)."""
+
+    @property
+    def dtype(self) -> torch.dtype:  # type: ignore[override]
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cpu")  # where the recorded values live (tensors a mod creates are captured)
+
+
+class _IndexProbe(_ScoreProbe):
+    """An index argument (``b``, ``h``, ``q_idx``, ``kv_idx``): int64, as torch gives them."""
+
+    @property
+    def dtype(self) -> torch.dtype:  # type: ignore[override]
+        return torch.int64
+
+
 def _has_probe(x: Any) -> bool:
     if isinstance(x, _Probe):
         return True
@@ -104,9 +126,9 @@ def _record_one(fn: Callable[..., Any] | None, nargs: int, tape: dict[str, Any])
     if fn is None:
         return None
     tape["ops"] = []
-    # score: float; indices: int64 (only their dtype is ever looked at)
+    # score: float; indices: int64
     probes = [torch.empty(0, i + 1, dtype=torch.float32 if i == 0 and nargs == 5 else torch.int64)
-              .as_subclass(_Probe) for i in range(nargs)]
+              .as_subclass(_ScoreProbe if i == 0 and nargs == 5 else _IndexProbe) for i in range(nargs)]
     with _Recorder(tape):
         out = fn(*probes)
     return (tuple(tape["ops"]), _encode(out, tape, True))

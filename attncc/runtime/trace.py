@@ -2,11 +2,16 @@
 
 The function is called once with :class:`Sym` proxies for ``score, b, h, q_idx,
 kv_idx``.  Python operators and the torch functions a mod may use (``torch.where``,
-``torch.tanh``, ``torch.abs``, comparisons, ``&``, ``|``, ``~``, indexing of
+``torch.tanh``, ``torch.abs``, comparisons, ``& | ^ << >> ~``, indexing of
 captured tensors, ...) are intercepted through ``__torch_function__`` and build
-an expression of :mod:`attncc.ir.expr`.  Captured tensors become named loads;
-Python numbers captured by closures become constants.  Anything else (data-
-dependent ``if``, unsupported torch functions) is a one-line :class:`SpecError`.
+an expression of :mod:`attncc.ir.expr`; tensor methods (``x.clamp_min(0)``,
+``b.new_ones(())``, ``x.to(torch.bool)``, :data:`_METHODS`) are methods of the proxy,
+so torch's ``and_masks``, ``or_masks`` and ``noop_mask`` trace as written.  Bit
+operators are logical on conditions and bitwise on integers, as in torch; dtype
+conversions follow torch (a float converted to an integer truncates toward zero).
+Captured tensors become named loads (an index may itself be a load); Python numbers
+captured by closures become constants.  Anything else (data-dependent ``if``,
+unsupported torch functions) is a one-line :class:`SpecError`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from attncc.errors import SpecError
 from attncc.ir import expr as E
 from attncc.spec.names import collisions, name_problem
+from attncc.spec.parser import bit_operation, short_text
 
 
 def _where_loc(fn: Callable[..., Any]) -> str:
@@ -100,17 +106,17 @@ class Sym:
     def __ge__(self, o: Any) -> Sym: return Sym(sp.Ge(self.e, _ex(o)))
     def __eq__(self, o: Any) -> Sym: return Sym(sp.Eq(self.e, _ex(o)))  # type: ignore[override]
     def __ne__(self, o: Any) -> Sym: return Sym(sp.Ne(self.e, _ex(o)))  # type: ignore[override]
-    def __and__(self, o: Any) -> Sym: return Sym(sp.And(_cond(self.e), _cond(_ex(o))))
-    def __rand__(self, o: Any) -> Sym: return Sym(sp.And(_cond(_ex(o)), _cond(self.e)))
-    def __or__(self, o: Any) -> Sym: return Sym(sp.Or(_cond(self.e), _cond(_ex(o))))
-    def __ror__(self, o: Any) -> Sym: return Sym(sp.Or(_cond(_ex(o)), _cond(self.e)))
-    def __invert__(self) -> Sym: return Sym(sp.Not(_cond(self.e)))
-    def __xor__(self, o: Any) -> Sym: return _unsupported("__xor__")
-    def __rxor__(self, o: Any) -> Sym: return _unsupported("__xor__")
-    def __lshift__(self, o: Any) -> Sym: return _unsupported("__lshift__")
-    def __rlshift__(self, o: Any) -> Sym: return _unsupported("__lshift__")
-    def __rshift__(self, o: Any) -> Sym: return _unsupported("__rshift__")
-    def __rrshift__(self, o: Any) -> Sym: return _unsupported("__rshift__")
+    def __and__(self, o: Any) -> Sym: return _bit("&", self, o)
+    def __rand__(self, o: Any) -> Sym: return _bit("&", o, self)
+    def __or__(self, o: Any) -> Sym: return _bit("|", self, o)
+    def __ror__(self, o: Any) -> Sym: return _bit("|", o, self)
+    def __xor__(self, o: Any) -> Sym: return _bit("^", self, o)
+    def __rxor__(self, o: Any) -> Sym: return _bit("^", o, self)
+    def __lshift__(self, o: Any) -> Sym: return _bit("<<", self, o)
+    def __rlshift__(self, o: Any) -> Sym: return _bit("<<", o, self)
+    def __rshift__(self, o: Any) -> Sym: return _bit(">>", self, o)
+    def __rrshift__(self, o: Any) -> Sym: return _bit(">>", o, self)
+    def __invert__(self) -> Sym: return _invert(self)
     def __matmul__(self, o: Any) -> Sym: return _unsupported("__matmul__")
     def __rmatmul__(self, o: Any) -> Sym: return _unsupported("__matmul__")
     def __divmod__(self, o: Any) -> Sym: return _unsupported("__divmod__")
@@ -124,27 +130,26 @@ class Sym:
     def __index__(self) -> int:
         raise SpecError("a traced index cannot be used as a Python int", Sym._loc)
 
-    # --- tensor-method spellings ------------------------------------------------------
-    def abs(self) -> Sym: return Sym(sp.Abs(self.e))
-    def exp(self) -> Sym: return Sym(sp.exp(self.e))
-    def log(self) -> Sym: return Sym(sp.log(self.e))
-    def tanh(self) -> Sym: return Sym(sp.tanh(self.e))
-    def sqrt(self) -> Sym: return Sym(sp.sqrt(self.e))
-    def sigmoid(self) -> Sym: return Sym(1 / (1 + sp.exp(-self.e)))
-    def clamp(self, min: Any = None, max: Any = None) -> Sym: return _clamp(self, min, max)  # noqa: A002
-    def to(self, *args: Any, **kwargs: Any) -> Sym: return self
-    def float(self) -> Sym: return self
-    def int(self) -> Sym: return self
-    def long(self) -> Sym: return self
-    def bool(self) -> Sym: return self
-    def logical_and(self, o: Any) -> Sym: return self & o
-    def logical_or(self, o: Any) -> Sym: return self | o
-    def logical_not(self) -> Sym: return ~self
+    # --- tensor attributes and methods (the methods are added below, from _METHODS) -------
+    @property
+    def dtype(self) -> torch.dtype:
+        """torch's dtype of this value: bool for conditions, int64 for integers, else float32."""
+        return _DTYPE_OF_KIND[_kind(self.e)]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def where(self, condition: Any, other: Any) -> Sym:
+        """``self.where(c, y)`` is ``torch.where(c, self, y)``."""
+        return _where(condition, self, other)
 
     @classmethod
     def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
+        if func is torch.Tensor.where:  # x.where(c, y) on a captured tensor
+            return _where(args[1], args[0], *args[2:], **kwargs)
         handler = _TORCH.get(name)
         if handler is None:
             raise SpecError(f"torch.{name} is not supported in score_mod/mask_mod", Sym._loc)
@@ -153,14 +158,10 @@ class Sym:
 
 # Python operators a mod may spell that have no meaning in the spec language.
 _UNSUPPORTED = {
-    "__xor__": "bitwise xor (^) is not supported in score_mod/mask_mod; for conditions write (a) != (b)",
-    "__lshift__": "bit shifts (<<) are not supported in score_mod/mask_mod; multiply by a power of two",
-    "__rshift__": "bit shifts (>>) are not supported in score_mod/mask_mod; use // by a power of two",
     "__matmul__": "matrix products (@) are not supported in score_mod/mask_mod",
     "__divmod__": "divmod is not supported in score_mod/mask_mod; use // and %",
 }
-_TORCH_UNSUPPORTED = {"bitwise_xor": "__xor__", "logical_xor": "__xor__", "bitwise_left_shift": "__lshift__",
-                      "bitwise_right_shift": "__rshift__", "matmul": "__matmul__"}
+_TORCH_UNSUPPORTED = {"matmul": "__matmul__"}
 _NOT_THE_MOD = (str(Path(__file__).resolve().parent), str(Path(torch.__file__).resolve().parent))
 
 
@@ -218,6 +219,143 @@ def _tensor_value(t: torch.Tensor) -> sp.Basic:
     return sp.Ne(ld, 0) if t.dtype == torch.bool else ld
 
 
+def _is_bool(e: sp.Basic) -> bool:
+    return isinstance(e, sp.logic.boolalg.Boolean) and not isinstance(e, sp.Expr)
+
+
+def _kind(e: sp.Basic) -> str:
+    """torch's kind of a traced value: ``bool``, ``int`` or ``float``."""
+    if _is_bool(e):
+        return "bool"
+    return "int" if E.integer_valued(e) else "float"
+
+
+_DTYPE_OF_KIND = {"bool": torch.bool, "int": torch.int64, "float": torch.float32}
+
+
+def _kind_of_dtype(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "float" if dtype.is_floating_point else "int"
+
+
+def _convert(e: sp.Basic, kind: str) -> sp.Basic:
+    """``e`` converted as torch converts a tensor to a dtype of ``kind`` (floats to integers truncate)."""
+    have = _kind(e)
+    if have == kind:
+        return e
+    if kind == "bool":
+        return sp.Ne(e, 0)
+    if have == "bool":
+        one, zero = (sp.Integer(1), sp.Integer(0)) if kind == "int" else (sp.Float(1.0), sp.Float(0.0))
+        return E.where(e, one, zero)
+    if kind == "int":  # toward zero
+        return E.where(sp.Ge(e, 0), sp.floor(e), sp.ceiling(e))
+    return e
+
+
+def _truth(e: sp.Basic) -> sp.Basic:
+    """``e`` as a condition, as torch's logical_* functions read a number (nonzero is true)."""
+    return e if _is_bool(e) else sp.Ne(e, 0)
+
+
+def _bit(op: str, a: Any, b: Any) -> Sym:
+    """``a OP b`` for ``& | ^ << >>``: logical on conditions, bitwise on integers (by the operands)."""
+    x, y = _ex(a), _ex(b)
+    if _is_bool(x) != _is_bool(y) and op in ("&", "|", "^"):  # a condition with a constant number:
+        x, y = (_truth(v) if v.is_number else v for v in (x, y))  # the number's truth value, as before
+    try:
+        return Sym(bit_operation(op, x, y))
+    except (TypeError, ValueError) as exc:
+        raise SpecError(str(exc), _mod_loc()) from None
+
+
+def _invert(a: Any) -> Sym:
+    """``~a``: logical not of a condition, bitwise not of an integer."""
+    x = _ex(a)
+    if _is_bool(x):
+        return Sym(sp.Not(x))
+    if not E.integer_valued(x):
+        raise SpecError(f"bitwise '~' needs an integer operand or a condition, got {short_text(x)}", _mod_loc())
+    return Sym(E.bitwise("~", x, x))
+
+
+def _dtype_arg(args: tuple, kwargs: dict) -> str | None:
+    """The kind of the dtype ``x.to(...)`` / ``x.type_as(...)`` converts to, or None (a device only)."""
+    for x in (kwargs.get("dtype"), *args):
+        if isinstance(x, torch.dtype):
+            return _kind_of_dtype(x)
+        if isinstance(x, Sym):
+            return _kind(x.e)
+        if isinstance(x, torch.Tensor):
+            return _kind_of_dtype(x.dtype)
+    return None
+
+
+def _to(a: Any, *args: Any, **kwargs: Any) -> Sym:
+    kind = _dtype_arg(args, kwargs)
+    x = _ex(a)
+    return Sym(x if kind is None else _convert(x, kind))
+
+
+def _cast(kind: str) -> Callable[..., Sym]:
+    def run(a: Any, *rest: Any, **kw: Any) -> Sym:
+        return Sym(_convert(_ex(a), kind))
+    return run
+
+
+def _scalar_size(size: Any) -> None:
+    """Tensors a mod creates must hold one element (they are broadcast like a number)."""
+    dims = tuple(size) if isinstance(size, (tuple, list, torch.Size)) else (size,)
+    if any(not isinstance(d, int) or d != 1 for d in dims):
+        raise SpecError(f"a mod may create only one-element tensors (size () or (1,)), got size {size!r}",
+                        _mod_loc())
+
+
+def _filled(value: Any, like: Any, size: Any, dtype: torch.dtype | None) -> Sym:
+    """A one-element tensor holding ``value``, of ``dtype`` (default: the dtype of ``like``)."""
+    _scalar_size(size)
+    v = _ex(value)
+    kind = _kind_of_dtype(dtype) if dtype is not None else _kind(_ex(like))
+    if kind == "float" and v.is_number and not _is_bool(v):
+        v = sp.Float(float(v)) if v.is_finite else v
+    return Sym(_convert(v, kind))
+
+
+def _new_full(a: Any, size: Any = (), fill_value: Any = 0, *rest: Any, dtype: torch.dtype | None = None,
+              **kw: Any) -> Sym:
+    return _filled(fill_value, a, size, dtype)
+
+
+def _new_const(value: int) -> Callable[..., Sym]:
+    def run(a: Any, *size: Any, dtype: torch.dtype | None = None, **kw: Any) -> Sym:
+        shape = kw.get("size", size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size)
+        return _filled(value, a, shape, dtype)
+    return run
+
+
+def _like(value: Any | None) -> Callable[..., Sym]:
+    def run(a: Any, *rest: Any, dtype: torch.dtype | None = None, **kw: Any) -> Sym:
+        fill = kw.get("fill_value", rest[0] if rest else 0) if value is None else value
+        return _filled(fill, a, (), dtype)
+    return run
+
+
+def _masked_fill(a: Any, mask: Any, value: Any) -> Sym:
+    return Sym(E.where(_cond(_ex(mask)), _ex(value), _ex(a)))
+
+
+def _two_way(fn: Callable[[sp.Basic, sp.Basic], sp.Basic], name: str) -> Callable[..., Sym]:
+    """``torch.min(a, b)`` / ``torch.max(a, b)`` elementwise; a reduction (one argument) is refused."""
+    def run(a: Any, b: Any = None, *rest: Any, other: Any = None, **kw: Any) -> Sym:
+        o = b if b is not None else other
+        if o is None or (isinstance(o, int) and not isinstance(o, bool)):  # torch.max(x, dim)
+            raise SpecError(f"torch.{name} over a dimension is not supported in score_mod/mask_mod; "
+                            f"use torch.{name}imum(a, b)", _mod_loc())
+        return Sym(fn(_ex(a), _ex(o)))
+    return run
+
+
 def _cond(e: sp.Basic) -> sp.Basic:
     if isinstance(e, sp.logic.boolalg.Boolean) and not isinstance(e, sp.Expr):
         return e
@@ -250,7 +388,12 @@ def _getitem(t: Any, idx: Any) -> Sym:
 
 
 def _where(cond: Any, a: Any, b: Any) -> Sym:
-    return Sym(E.where(_cond(_ex(cond)), _ex(a), _ex(b)))
+    c, x, y = _cond(_ex(cond)), _ex(a), _ex(b)
+    if _is_bool(x) and _is_bool(y):  # a choice between two conditions is a condition
+        return Sym(sp.Or(sp.And(c, x), sp.And(sp.Not(c), y)))
+    if _is_bool(x) or _is_bool(y):
+        x, y = (_convert(v, "int") if _is_bool(v) else v for v in (x, y))  # torch promotes the bool branch
+    return Sym(E.where(c, x, y))
 
 
 def _binary(op: Callable[[Any, Any], Any]) -> Callable[..., Sym]:
@@ -265,8 +408,12 @@ def _unary(fn: Callable[[sp.Basic], sp.Basic]) -> Callable[..., Sym]:
     return run
 
 
-def _identity(a: Any, *rest: Any, **kw: Any) -> Any:
-    return a
+def _clamp_min(a: Any, min: Any = None, **kw: Any) -> Sym:  # noqa: A002 - torch's keyword name
+    return _clamp(a, min, None)
+
+
+def _clamp_max(a: Any, max: Any = None, **kw: Any) -> Sym:  # noqa: A002 - torch's keyword name
+    return _clamp(a, None, max)
 
 
 _TORCH: dict[str, Callable[..., Any]] = {
@@ -276,10 +423,26 @@ _TORCH: dict[str, Callable[..., Any]] = {
     "floor": _unary(sp.floor), "ceil": _unary(sp.ceiling), "neg": _unary(lambda x: -x),
     "rsqrt": _unary(lambda x: 1 / sp.sqrt(x)), "square": _unary(lambda x: x * x),
     "exp2": _unary(lambda x: 2**x), "log2": _unary(lambda x: sp.log(x) / sp.log(2)),
-    "logical_not": _unary(lambda x: sp.Not(_cond(x))), "bitwise_not": _unary(lambda x: sp.Not(_cond(x))),
-    "minimum": lambda a, b: Sym(sp.Min(_ex(a), _ex(b))), "maximum": lambda a, b: Sym(sp.Max(_ex(a), _ex(b))),
-    "logical_and": _binary(lambda a, b: a & b), "logical_or": _binary(lambda a, b: a | b),
-    "to": _identity, "float": _identity, "int": _identity, "long": _identity, "type_as": _identity,
+    "logical_not": _unary(lambda x: sp.Not(_truth(x))), "bitwise_not": lambda a, *r, **k: _invert(a),
+    "__invert__": lambda a, *r, **k: _invert(a),
+    "minimum": lambda a, b, **k: Sym(sp.Min(_ex(a), _ex(b))), "maximum": lambda a, b, **k: Sym(sp.Max(_ex(a), _ex(b))),
+    "min": _two_way(sp.Min, "min"), "max": _two_way(sp.Max, "max"),
+    "clamp_min": _clamp_min, "clamp_max": _clamp_max, "masked_fill": _masked_fill,
+    "logical_and": lambda a, b, **k: Sym(sp.And(_truth(_ex(a)), _truth(_ex(b)))),
+    "logical_or": lambda a, b, **k: Sym(sp.Or(_truth(_ex(a)), _truth(_ex(b)))),
+    "logical_xor": lambda a, b, **k: _bit("^", Sym(_truth(_ex(a))), Sym(_truth(_ex(b)))),
+    "bitwise_and": lambda a, b, **k: _bit("&", a, b), "bitwise_or": lambda a, b, **k: _bit("|", a, b),
+    "bitwise_xor": lambda a, b, **k: _bit("^", a, b),
+    "bitwise_left_shift": lambda a, b, **k: _bit("<<", a, b), "bitwise_right_shift": lambda a, b, **k: _bit(">>", a, b),
+    "__xor__": lambda a, b: _bit("^", a, b), "__rxor__": lambda a, b: _bit("^", b, a),
+    "__lshift__": lambda a, b: _bit("<<", a, b), "__rlshift__": lambda a, b: _bit("<<", b, a),
+    "__rshift__": lambda a, b: _bit(">>", a, b), "__rrshift__": lambda a, b: _bit(">>", b, a),
+    "__rand__": lambda a, b: _bit("&", b, a), "__ror__": lambda a, b: _bit("|", b, a),
+    "to": _to, "type_as": lambda a, other, **k: _to(a, other),
+    "float": _cast("float"), "double": _cast("float"), "half": _cast("float"), "bfloat16": _cast("float"),
+    "int": _cast("int"), "long": _cast("int"), "short": _cast("int"), "bool": _cast("bool"),
+    "new_ones": _new_const(1), "new_zeros": _new_const(0), "new_full": _new_full,
+    "ones_like": _like(1), "zeros_like": _like(0), "full_like": _like(None),
     "__add__": _binary(lambda a, b: a + b), "__radd__": _binary(lambda a, b: b + a),
     "__sub__": _binary(lambda a, b: a - b), "__rsub__": _binary(lambda a, b: a.__rsub__(b)),
     "__mul__": _binary(lambda a, b: a * b), "__rmul__": _binary(lambda a, b: b * a),
@@ -297,6 +460,28 @@ _TORCH: dict[str, Callable[..., Any]] = {
     **{name: functools.partial(_unsupported, name) for name in _UNSUPPORTED},
     **{name: functools.partial(_unsupported, op) for name, op in _TORCH_UNSUPPORTED.items()},
 }
+
+# Tensor methods a mod may call on its arguments or on traced values (x.abs(), b.new_ones(()), ...).
+_METHODS = (
+    "abs", "exp", "log", "log2", "exp2", "tanh", "sqrt", "rsqrt", "sigmoid", "sign", "square", "floor", "ceil",
+    "neg", "clamp", "clip", "clamp_min", "clamp_max", "minimum", "maximum", "masked_fill",
+    "to", "type_as", "float", "double", "half", "bfloat16", "int", "long", "short", "bool",
+    "new_ones", "new_zeros", "new_full", "logical_and", "logical_or", "logical_xor", "logical_not",
+    "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "bitwise_left_shift", "bitwise_right_shift",
+    "add", "sub", "mul", "div", "eq", "ne", "lt", "le", "gt", "ge",
+)
+
+
+def _method(name: str) -> Callable[..., Any]:
+    def method(self: Sym, *args: Any, **kwargs: Any) -> Any:
+        return _TORCH[name](self, *args, **kwargs)
+    method.__name__ = name
+    method.__doc__ = f"``x.{name}(...)``, as ``torch.{name}(x, ...)``."
+    return method
+
+
+for _name in _METHODS:
+    setattr(Sym, _name, _method(_name))
 
 
 @dataclass

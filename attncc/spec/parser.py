@@ -98,6 +98,7 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Basic]]] = {
     "max": (2, sp.Max),
     "clamp": (3, _clamp),
     "where": (3, E.where),
+    "log2": (1, lambda x: sp.log(x) / sp.log(2)),
 }
 
 CONSTANTS: dict[str, sp.Basic] = {"inf": sp.oo, "pi": sp.pi, "True": sp.true, "False": sp.false}
@@ -110,18 +111,55 @@ _BINOPS: dict[type, Callable[[sp.Basic, sp.Basic], sp.Basic]] = {
     ast.FloorDiv: lambda a, b: sp.floor(a / b),
     ast.Mod: lambda a, b: sp.Mod(a, b),
     ast.Pow: lambda a, b: a**b,
-    ast.BitAnd: lambda a, b: sp.And(_as_bool(a), _as_bool(b)),
-    ast.BitOr: lambda a, b: sp.Or(_as_bool(a), _as_bool(b)),
 }
+# Bit operators: logical on two conditions, bitwise on two integer expressions (decided by the operands).
+_BITOPS: dict[type, str] = {ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}
+_LOGICAL: dict[str, Callable[[sp.Basic, sp.Basic], sp.Basic]] = {
+    "&": sp.And, "|": sp.Or, "^": lambda a, b: sp.Or(sp.And(a, sp.Not(b)), sp.And(sp.Not(a), b)),
+}
+MAX_SHIFT = 31  # constant shift counts: the kernel computes indices in 32-bit integers
 _CMPOPS: dict[type, Callable[[sp.Basic, sp.Basic], sp.Basic]] = {
     ast.Lt: sp.Lt, ast.LtE: sp.Le, ast.Gt: sp.Gt, ast.GtE: sp.Ge, ast.Eq: sp.Eq, ast.NotEq: sp.Ne,
 }
 
 
+def _is_bool(x: sp.Basic) -> bool:
+    return isinstance(x, sp.logic.boolalg.Boolean) and not isinstance(x, sp.Expr)
+
+
 def _as_bool(x: sp.Basic) -> sp.Basic:
-    if isinstance(x, sp.logic.boolalg.Boolean) and not isinstance(x, sp.Expr):
+    if _is_bool(x):
         return x
     raise TypeError("expected a condition (comparison or boolean)")
+
+
+def short_text(x: sp.Basic, chars: int = 60) -> str:
+    """``x`` as text, cut to ``chars`` characters (for error messages)."""
+    text = sp.sstr(x, full_prec=False)
+    return text if len(text) <= chars else text[: chars - 3] + "..."
+
+
+def bit_operation(op: str, a: sp.Basic, b_: sp.Basic) -> sp.Basic:
+    """``a OP b`` for a bit operator: logical on two conditions, bitwise on two integer expressions.
+
+    Raises ``TypeError`` (a one-line message) for a condition mixed with a number, a shift of
+    conditions, or a bitwise operation on a non-integer; ``ValueError`` for a constant shift
+    count outside ``[0, MAX_SHIFT]``.
+    """
+    if _is_bool(a) and _is_bool(b_):
+        if op not in _LOGICAL:
+            raise TypeError(f"'{op}' needs integer operands, not conditions")
+        return _LOGICAL[op](a, b_)
+    if _is_bool(a) or _is_bool(b_):
+        raise TypeError(f"'{op}' between a condition and a number: write (x != 0) to make the number a "
+                        "condition, or where(c, 1, 0) to make the condition a number")
+    for x in (a, b_):
+        if not E.integer_valued(x):
+            raise TypeError(f"bitwise '{op}' needs integer operands (indices, int params, integer captured "
+                            f"tensors), got {short_text(x)}")
+    if op in ("<<", ">>") and isinstance(b_, sp.Integer) and not 0 <= int(b_) <= MAX_SHIFT:
+        raise ValueError(f"shift count {int(b_)} out of range [0, {MAX_SHIFT}]")
+    return E.bitwise(op, a, b_)
 
 
 def _as_number(x: sp.Basic) -> sp.Expr:
@@ -133,9 +171,10 @@ def _as_number(x: sp.Basic) -> sp.Expr:
 class _Lowering:
     """Lowers one whitelisted Python expression tree to sympy."""
 
-    def __init__(self, scope: Scope, loc: Location) -> None:
+    def __init__(self, scope: Scope, loc: Location, text: str = "") -> None:
         self.scope = scope
         self.loc = loc
+        self.text = text.encode()  # ast columns are UTF-8 byte offsets
 
     def fail(self, node: ast.AST | None, message: str) -> SpecError:
         return SpecError(message, self.loc.at(node))
@@ -189,13 +228,13 @@ class _Lowering:
         raise self.fail(node, f"unknown name '{name}'")
 
     def visit_BinOp(self, node: ast.BinOp) -> sp.Basic:
+        if type(node.op) in _BITOPS:
+            return bit_operation(_BITOPS[type(node.op)], self(node.left), self(node.right))
         op = _BINOPS.get(type(node.op))
         if op is None:
             raise self.fail(node, f"operator {_OP_SPELLING.get(type(node.op), type(node.op).__name__)} "
                             "is not allowed")
-        a, b_ = self(node.left), self(node.right)
-        if not isinstance(node.op, (ast.BitAnd, ast.BitOr)):
-            a, b_ = _as_number(a), _as_number(b_)
+        a, b_ = _as_number(self(node.left)), _as_number(self(node.right))
         if isinstance(node.op, ast.Pow):
             problem = power_problem(a, b_)
             if problem:
@@ -208,6 +247,10 @@ class _Lowering:
             return -_as_number(x)
         if isinstance(node.op, ast.UAdd):
             return _as_number(x)
+        if isinstance(node.op, ast.Invert) and not _is_bool(x):
+            if not E.integer_valued(x):
+                raise TypeError(f"bitwise '~' needs an integer operand or a condition, got {short_text(x)}")
+            return E.bitwise("~", x, x)
         if isinstance(node.op, (ast.Not, ast.Invert)):
             return sp.Not(_as_bool(x))
         raise self.fail(node, f"operator {type(node.op).__name__} is not allowed")
@@ -217,6 +260,12 @@ class _Lowering:
         return sp.And(*vals) if isinstance(node.op, ast.And) else sp.Or(*vals)
 
     def visit_Compare(self, node: ast.Compare) -> sp.Basic:
+        if len(node.ops) > 1:
+            for operand in [node.left, *node.comparators]:
+                if isinstance(operand, ast.BinOp) and type(operand.op) in _BITOPS and not self.parenthesised(operand):
+                    spelled = _BITOPS[type(operand.op)]
+                    raise self.fail(operand, f"'{_describe(operand)}' inside a chained comparison: '{spelled}' binds "
+                                    "tighter than comparisons; add parentheses to say which you mean")
         terms = [_as_number(self(node.left))] + [_as_number(self(c)) for c in node.comparators]
         parts = []
         for op, lhs, rhs in zip(node.ops, terms[:-1], terms[1:], strict=True):
@@ -225,6 +274,14 @@ class _Lowering:
                 raise self.fail(node, f"comparison {type(op).__name__} is not allowed")
             parts.append(fn(lhs, rhs))
         return sp.And(*parts)
+
+    def parenthesised(self, node: ast.AST) -> bool:
+        """Whether ``node`` is written inside its own parentheses in the expression text."""
+        if not self.text or getattr(node, "end_col_offset", None) is None or node.lineno != node.end_lineno:
+            return True  # no text to look at: nothing to refuse
+        before = self.text[:node.col_offset].rstrip()
+        after = self.text[node.end_col_offset:].lstrip()
+        return before.endswith(b"(") and after.startswith(b")")
 
     def visit_IfExp(self, node: ast.IfExp) -> sp.Basic:
         return E.where(_as_bool(self(node.test)), _as_number(self(node.body)), _as_number(self(node.orelse)))
@@ -264,7 +321,7 @@ class _Lowering:
         return E.load(name, *args, integer=name in self.scope.int_tensors)
 
 
-_OP_SPELLING = {ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>", ast.MatMult: "@"}
+_OP_SPELLING = {ast.MatMult: "@"}
 
 
 def _numeric_value(e: sp.Expr) -> float | None:
@@ -347,7 +404,7 @@ def _describe(node: ast.AST) -> str:
 def parse_expression(text: str, scope: Scope, loc: Location) -> sp.Basic:
     """Parse one spec expression into sympy, or raise a one-line ``SpecError``."""
     tree = parse_tree(text, loc)
-    out = _Lowering(scope, loc)(tree)
+    out = _Lowering(scope, loc, text.strip())(tree)
     E.check_vocabulary(out, loc.at(None))
     return out
 

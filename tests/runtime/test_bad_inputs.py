@@ -135,15 +135,15 @@ def mod_reading(table: torch.Tensor, index: Callable[..., Any]) -> Callable[...,
 
 
 def xor_mod(score, b, h, q_idx, kv_idx):
-    return score + (q_idx ^ kv_idx)
+    return score + (score ^ kv_idx)  # bitwise on a float
 
 
 def xor_mask(b, h, q_idx, kv_idx):
-    return (q_idx >= kv_idx) ^ (kv_idx < 3)
+    return (q_idx >= kv_idx) ^ kv_idx  # a condition with an integer
 
 
 def shift_mod(score, b, h, q_idx, kv_idx):
-    return score + (q_idx >> 1)
+    return score + (score >> 1)  # a shift of a float
 
 
 def int_power_mod(score, b, h, q_idx, kv_idx):
@@ -155,7 +155,7 @@ def float_power_mod(score, b, h, q_idx, kv_idx):
 
 
 def torch_xor_mask(b, h, q_idx, kv_idx):
-    return torch.bitwise_xor(q_idx >= kv_idx, kv_idx < 3)
+    return torch.bitwise_xor(q_idx >= kv_idx, kv_idx)
 
 
 CASES = [
@@ -237,10 +237,12 @@ CASES = [
     pytest.param(Fails(attncc.InputError, "'table'", in_flex(score_mod=mod_reading(
         torch.zeros(76, device=DEVICE), lambda b, h, m, n: n))), id="flex-capture-shorter-than-N"),
     # --- mod spellings outside the language ---
-    pytest.param(Fails(attncc.SpecError, "xor", in_flex(score_mod=xor_mod)), id="xor-in-score-mod"),
-    pytest.param(Fails(attncc.SpecError, "xor", in_flex(mask=xor_mask)), id="xor-in-mask-mod"),
-    pytest.param(Fails(attncc.SpecError, "xor", in_flex(mask=torch_xor_mask)), id="torch-bitwise-xor"),
-    pytest.param(Fails(attncc.SpecError, "shift", in_flex(score_mod=shift_mod)), id="shift-in-score-mod"),
+    pytest.param(Fails(attncc.SpecError, "'^' needs integer", in_flex(score_mod=xor_mod)), id="xor-of-a-float"),
+    pytest.param(Fails(attncc.SpecError, "condition and a number", in_flex(mask=xor_mask)),
+                 id="xor-of-a-condition-and-int"),
+    pytest.param(Fails(attncc.SpecError, "condition and a number", in_flex(mask=torch_xor_mask)),
+                 id="torch-bitwise-xor-mixed"),
+    pytest.param(Fails(attncc.SpecError, "'>>' needs integer", in_flex(score_mod=shift_mod)), id="shift-of-a-float"),
     pytest.param(Fails(attncc.SpecError, "negative", in_flex(score_mod=int_power_mod)), id="int-power-negative"),
     pytest.param(Torch(lambda api, dt: flex(api, dt, score_mod=float_power_mod)), id="int-power-nonnegative"),
 ]
@@ -297,11 +299,11 @@ def test_bad_input(case: Torch | Empty | Fails) -> None:
 
 
 def test_xor_location_is_the_line_of_the_operator() -> None:
-    """The SpecError of an unsupported operator points at file:line:col of the expression."""
+    """The SpecError of a bit operator on a float points at file:line:col of the expression."""
     with pytest.raises(attncc.SpecError) as info:
         in_flex(score_mod=xor_mod)()
     lines, first = inspect.getsourcelines(xor_mod)
-    col = lines[1].index("q_idx ^") + 1
+    col = lines[1].index("score ^") + 1
     assert info.value.location == f"{__file__}:{first + 1}:{col}", info.value.location
 
 

@@ -123,7 +123,7 @@ REJECTED = [
     ("slopes[h, m]", "slopes[h, m]", "1 index"),
     ("slopes + score", "slopes", "indexed"),
     ("score @ score", "score @", "not allowed"),
-    ("m << 2", "m <<", "not allowed"),
+    ("score << 2", "score <<", "integer operands"),
     ("n in (1, 2)", "(1, 2)", "not allowed"),
     ("n not in (m, 1)", "(m, 1)", "not allowed"),
     ("m is n", "m is", "not allowed"),
@@ -134,7 +134,7 @@ REJECTED = [
     ("open('/etc/passwd')", "open", "unknown function"),
     ("eval('1')", "eval", "unknown function"),
     ("score.exp()", "score.exp", "plain function"),
-    ("m & 3", "m & 3", "condition"),
+    ("(m > 1) & 3", "(m > 1) & 3", "condition and a number"),
 ]
 
 

@@ -27,8 +27,14 @@ def _index_lambda(ld: E.Load, variant: Variant) -> str:
     names = {E.b: 'env["b"]', E.h: 'env["h"]', E.m: 'env["m"]', E.n: 'env["n"]', E.scale: 'env["scale"]'}
     names.update({sym: f'env["{k}"]' for k, sym in E.SIZE_SYMBOLS.items()})
     names.update({p.symbol: f'env["{p.name}"]' for p in variant.params})
-    pr = TorchPrinter(names, lambda _ld, _pr: "0")
+    pr = TorchPrinter(names, _host_load)
     return "[" + ", ".join(f"lambda env: {pr.doprint(i)}" for i in ld.indices) + "]"
+
+
+def _host_load(ld: E.Load, pr: TorchPrinter) -> str:
+    """A load inside an index (``bias[dist[b, m, n]]``): read on the host, as the kernel reads it."""
+    idx = ", ".join(pr.p(i) for i in ld.indices)
+    return f'_host_load(env["_captures"][{py_literal(ld.tensor_name)}], [{idx}])'
 
 
 def _head_loop(kv_head: sp.Expr) -> tuple[str, str, bool]:
