@@ -47,7 +47,8 @@ class Grid:
 class RefSpec:
     """How one built-in spec attends.
 
-    ``mask(g, p)``: bool, broadcastable to [B, H, M, N] (True = key visible);
+    ``mask(g, p)``: bool, broadcastable to [B, H, M, N] (True = key visible); ``p`` holds the
+    parameters and the integer captured tensors (ids, lengths: mask inputs);
     ``modify(s, g, p, caps)``: the modified score from the scaled ``q . k`` tile;
     ``defaults``: parameter defaults; ``captures``: names of the tensors it reads;
     ``gqa``: key/value head of query head h is ``h // (H // HK)`` (else HK must equal H).
@@ -73,6 +74,133 @@ def _relative_bias(s: torch.Tensor, g: Grid, p: dict, c: dict) -> torch.Tensor:
     col = torch.clamp(g.m - g.n, -md, md) + md  # [1, 1, M, N]
     table = c["bias"]  # [H, 2 * md + 1]
     return s + table[g.h, col]  # -> [1, H, M, N]
+
+
+# --- sparse patterns (issue 9) --------------------------------------------------------------------
+
+
+def _positions(g: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions [M] and key positions [N]."""
+    return g.m.flatten(), g.n.flatten()
+
+
+def _as_bhmn(mask_mn: torch.Tensor) -> torch.Tensor:
+    return mask_mn[None, None]
+
+
+def _dilated(g: Grid, p: dict) -> torch.Tensor:
+    dist = g.m - g.n
+    keep = (dist.abs() <= p["window"] * p["dilation"]) & (dist % p["dilation"] == 0)
+    return keep & (dist >= 0) if p["causal"] == 1 else keep
+
+
+def _longlora(g: Grid, p: dict) -> torch.Tensor:
+    """Group ids from explicit group boundaries: G, 2G, ... (plain heads) or G/2, 3G/2, ... (shifted)."""
+    G, H = int(p["group"]), g.h.shape[1]
+    qpos, kpos = _positions(g)
+    end = max(qpos.numel(), kpos.numel()) + G
+
+    def same_group(bounds: torch.Tensor) -> torch.Tensor:
+        gq = torch.bucketize(qpos, bounds, right=True)
+        gk = torch.bucketize(kpos, bounds, right=True)
+        return gq[:, None] == gk[None, :]
+
+    plain, shifted = same_group(torch.arange(G, end, G)), same_group(torch.arange(G // 2, end, G))
+    per_head = torch.stack([plain if h < H // 2 else shifted for h in range(H)])  # [H, M, N]
+    return per_head[None] & (g.n <= g.m)
+
+
+def _halo(g: Grid, p: dict) -> torch.Tensor:
+    block, halo = int(p["block"]), int(p["halo"])
+    start = g.m - g.m % block  # first query of m's block
+    return (g.n >= start - halo) & (g.n < start + block + halo)
+
+
+def _same_doc(g: Grid, doc: torch.Tensor) -> torch.Tensor:
+    """doc [B, >= max(M, N)]: tokens m and n in the same document."""
+    M, N = g.m.shape[2], g.n.shape[3]
+    return (doc[:, :M, None] == doc[:, None, :N])[:, None]
+
+
+def _modality_mutual(g: Grid, p: dict) -> torch.Tensor:
+    """Causal, and an image query sees up to the end of its run (a maximal stretch of image tokens
+    with one image_span id), found by scanning the run boundaries rather than comparing ids."""
+    mod, span = p["modality"], p["image_span"]
+    B, L = mod.shape
+    M = g.m.shape[2]
+    starts = torch.ones(B, L, dtype=torch.bool)
+    starts[:, 1:] = (mod[:, 1:] != mod[:, :-1]) | (span[:, 1:] != span[:, :-1])
+    run = starts.long().cumsum(1) - 1  # [B, L]: run index of each token
+    pos = torch.arange(L).expand(B, L)
+    run_end = torch.zeros(B, L, dtype=torch.long).scatter_reduce(1, run, pos, "amax")  # last token of each run
+    end_of_m = run_end.gather(1, run)[:, :M]  # [B, M]
+    image_m = mod[:, :M] == 1
+    ahead = image_m[:, :, None] & (g.n[0, 0] <= end_of_m[:, :, None])  # [B, M, N]: rest of m's image
+    return (g.n <= g.m) | ahead[:, None]
+
+
+def _natten_axis(qx: torch.Tensor, kx: torch.Tensor, extent: int, kernel: int, dilation: int,
+                 causal: int) -> torch.Tensor:
+    """[len(qx), len(kx)]: key coordinate kx is a neighbour of query coordinate qx along one axis.
+
+    NATTEN's semantics (stride 1), as in its FlexAttention mask (SHI-Labs/NATTEN,
+    src/natten/backends/flex.py, ``get_na_flex_mask``): coordinates fall into ``dilation`` groups
+    (x % dilation) of positions x // dilation; a group holds as many positions as the axis has
+    coordinates in it.  Centred: with left = kernel // 2 and right = kernel // 2 + kernel % 2 - 1,
+    centre = clamp(position, left, group_size - 1 - right) and the keys are the positions
+    centre - left .. centre + right of the query's group: the window is shifted inward at the
+    borders, never truncated.  Causal: the positions p with q - kernel < p <= q.
+    """
+    group_size = torch.bincount(torch.arange(extent) % dilation, minlength=dilation)  # counted, not derived
+    qg, kg = qx % dilation, kx % dilation
+    qi, ki = (qx // dilation)[:, None], (kx // dilation)[None, :]
+    same = qg[:, None] == kg[None, :]
+    if causal == 1:
+        return same & (ki <= qi) & (qi - ki < kernel)
+    left = kernel // 2
+    right = kernel // 2 + kernel % 2 - 1
+    size = group_size[qg][:, None]
+    centre = torch.minimum(torch.maximum(qi, torch.tensor(left)), size - 1 - right)  # torch.clamp order
+    return same & (ki >= centre - left) & (ki <= centre + right)
+
+
+def _na1d(g: Grid, p: dict) -> torch.Tensor:
+    qpos, kpos = _positions(g)
+    return _as_bhmn(_natten_axis(qpos, kpos, kpos.numel(), int(p["kernel_size"]), int(p["dilation"]),
+                                 int(p["causal"])))
+
+
+def _na2d(g: Grid, p: dict) -> torch.Tensor:
+    """Row-major grid of `cols` columns; ceil(N / cols) rows (the last one may be partial)."""
+    qpos, kpos = _positions(g)
+    cols = int(p["cols"])
+    rows = math.ceil(kpos.numel() / cols)
+    keep = _natten_axis(qpos // cols, kpos // cols, rows, int(p["kernel_rows"]), int(p["dilation_rows"]),
+                        int(p["causal_rows"]))
+    keep &= _natten_axis(qpos % cols, kpos % cols, cols, int(p["kernel_cols"]), int(p["dilation_cols"]),
+                         int(p["causal_cols"]))
+    return _as_bhmn(keep)
+
+
+def _na3d(g: Grid, p: dict) -> torch.Tensor:
+    """Grid depth x rows x cols, row-major; ceil(N / (rows * cols)) slices (the last one may be partial)."""
+    qpos, kpos = _positions(g)
+    rows, cols = int(p["rows"]), int(p["cols"])
+    depth = math.ceil(kpos.numel() / (rows * cols))
+    keep = torch.ones(qpos.numel(), kpos.numel(), dtype=torch.bool)
+    for axis, (q_at, k_at, extent) in {
+        "depth": (qpos // (rows * cols), kpos // (rows * cols), depth),
+        "rows": ((qpos // cols) % rows, (kpos // cols) % rows, rows),
+        "cols": (qpos % cols, kpos % cols, cols),
+    }.items():
+        keep &= _natten_axis(q_at, k_at, extent, int(p[f"kernel_{axis}"]), int(p[f"dilation_{axis}"]),
+                             int(p[f"causal_{axis}"]))
+    return _as_bhmn(keep)
+
+
+def _power_of_two_distance(g: Grid, p: dict) -> torch.Tensor:
+    dist = g.m - g.n
+    return (dist == 0) | ((dist > 0) & ((dist & (dist - 1)) == 0))
 
 
 REFERENCES: dict[str, RefSpec] = {
@@ -105,6 +233,30 @@ REFERENCES: dict[str, RefSpec] = {
     "cross_attention": RefSpec(lambda g, p: g.n < p["kv_lens"].view(-1, 1, 1, 1), captures=("kv_lens",)),
     # Causal with a value head dim different from the query/key head dim.
     "distinct_value_dim": RefSpec(_causal),
+    # DiNAT 1-D: |m - n| <= window * dilation, m - n a multiple of dilation; n <= m when causal.
+    "dilated_sliding_window": RefSpec(_dilated, defaults={"window": 8, "dilation": 4, "causal": 0}),
+    # Longformer-style: symmetric window, plus the first global_tokens tokens as queries and as keys.
+    "global_window": RefSpec(
+        lambda g, p: ((g.m - g.n).abs() <= p["window"]) | (g.m < p["global_tokens"]) | (g.n < p["global_tokens"]),
+        defaults={"global_tokens": 16, "window": 128}),
+    # LongLoRA S2-Attn, causal: groups of `group`; heads h >= H // 2 shifted by group // 2.
+    "longlora": RefSpec(_longlora, defaults={"group": 256}),
+    # HaloNet 1-D: the block of `block` queries sees its block and `halo` keys on each side.
+    "halo": RefSpec(_halo, defaults={"block": 64, "halo": 16}),
+    # Packed documents: same document id; alone and causal.
+    "document": RefSpec(lambda g, p: _same_doc(g, p["doc"]), captures=("doc",)),
+    "document_causal": RefSpec(lambda g, p: _same_doc(g, p["doc"]) & (g.n <= g.m), captures=("doc",)),
+    # Text causal, image tokens also see the rest of their contiguous image span.
+    "modality_mutual": RefSpec(_modality_mutual, captures=("modality", "image_span")),
+    # NATTEN neighbourhood attention, stride 1, on a 1-D sequence and row-major 2-D / 3-D grids.
+    "na1d": RefSpec(_na1d, defaults={"kernel_size": 7, "dilation": 1, "causal": 0}),
+    "na2d": RefSpec(_na2d, defaults={"cols": 64, "kernel_rows": 7, "kernel_cols": 7, "dilation_rows": 1,
+                                     "dilation_cols": 1, "causal_rows": 0, "causal_cols": 0}),
+    "na3d": RefSpec(_na3d, defaults={"rows": 16, "cols": 16, "kernel_depth": 3, "kernel_rows": 3, "kernel_cols": 3,
+                                     "dilation_depth": 1, "dilation_rows": 1, "dilation_cols": 1,
+                                     "causal_depth": 0, "causal_rows": 0, "causal_cols": 0}),
+    # PowerAttention, causal: distance 0 or a power of two.
+    "power_attention": RefSpec(_power_of_two_distance),
 }
 
 
@@ -123,8 +275,8 @@ def reference(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, s
     for cname in spec.captures:
         t = kwargs[cname]
         caps[cname] = t.to(compute_dtype) if t.is_floating_point() else t.long()
-    if "kv_lens" in caps:  # a mask input, not a score input
-        params["kv_lens"] = caps.pop("kv_lens")
+    for cname in [c for c, t in caps.items() if not t.is_floating_point()]:  # mask inputs, not score inputs
+        params[cname] = caps.pop(cname)
     if spec.gqa:
         assert H % HK == 0
         heads = torch.arange(H) // (H // HK)

@@ -15,12 +15,13 @@ from attncc.passes.plans import SegmentPlan
 from attncc.spec.loader import library, resolve
 
 PARAMS = {"window": 5, "prefix": 7, "sinks": 3}
+HEAD = {E.h: 0, E.SIZE_SYMBOLS["H"]: 2}
 
 
 def _pred_fn(spec_name: str):
     spec = resolve(spec_name)
     subs = {p.symbol: PARAMS.get(p.name, p.default) for p in spec.params.values()}
-    pred = spec.mask.subs(subs)
+    pred = spec.mask.subs({**subs, **HEAD})  # per-head masks (longlora): head 0 of 2
     return spec, pred, sp.lambdify((E.m, E.n, E.SIZE_SYMBOLS["M"], E.SIZE_SYMBOLS["N"]), pred, "math")
 
 
@@ -33,7 +34,7 @@ MASKED_SPECS = [n for n in library() if not E.loads(resolve(n).mask)]
 def test_visited_tiles_cover_unmasked_and_full_tiles_are_full(name: str, M: int, N: int, bm: int, bn: int) -> None:
     spec, pred, fn = _pred_fn(name)
     analysis = analyse(spec.mask, KEYS)
-    env = {E.SIZE_SYMBOLS["M"]: M, E.SIZE_SYMBOLS["N"]: N, E.b: 0, E.h: 0}
+    env = {E.SIZE_SYMBOLS["M"]: M, E.SIZE_SYMBOLS["N"]: N, E.b: 0, **HEAD}
     env.update({p.symbol: PARAMS.get(p.name, p.default) for p in spec.params.values()})
     for m0 in range(0, M, bm):
         rows = range(m0, min(m0 + bm, M))

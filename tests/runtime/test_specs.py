@@ -9,6 +9,7 @@ plus a small absolute floor.  Output and lse are both checked; NaN anywhere fail
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -30,7 +31,16 @@ SMALL_PARAMS: dict[str, dict] = {
     "sinks_window": {"sinks": 3, "window": 16},
     "softcap": {"cap": 2.0},
     "relative_bias": {"max_distance": 8},
+    "dilated_sliding_window": {"window": 4, "dilation": 3},
+    "global_window": {"global_tokens": 5, "window": 6},
+    "longlora": {"group": 16},
+    "halo": {"block": 12, "halo": 5},
+    "na1d": {"kernel_size": 7, "dilation": 2},
+    "na2d": {"cols": 9, "kernel_rows": 3, "kernel_cols": 5, "dilation_cols": 2},  # 63 tokens: 7 x 9; 77: partial row
+    "na3d": {"rows": 3, "cols": 4, "kernel_depth": 3, "kernel_rows": 2, "kernel_cols": 3, "dilation_cols": 2},
 }
+# Specs whose masks are long expressions (slow under the interpreter): one batch element and head.
+ONE_HEAD = {"na2d", "na3d"}
 # Larger scores where the modification is non-linear, so that it matters.
 SCALES: dict[str, float] = {"softcap": 1.0}
 
@@ -77,7 +87,50 @@ def _base(spec: str, dtype: str, M: int, N: int, **kw) -> Case:
     if spec == "cross_attention":
         kw.setdefault("B", 3)
         kw.setdefault("kv_lens", (N, 0, N // 2 + 1))
+    if spec in ONE_HEAD:
+        kw.setdefault("B", 1)
+        kw.setdefault("H", 1)
     return Case(spec, dtype, M, N, **kw)
+
+
+def packed_documents(B: int, L: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``doc`` [B, L] int32: documents of 1 to 19 tokens packed back to back (ids 0, 1, ...)."""
+    rows = []
+    for _ in range(B):
+        lens: list[int] = []
+        while sum(lens) < L:
+            lens.append(int(torch.randint(1, 20, (1,), generator=gen)))
+        rows.append(torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))[:L])
+    return {"doc": torch.stack(rows).to(torch.int32)}
+
+
+def interleaved_modalities(B: int, L: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``modality`` (0 text, 1 image) and ``image_span`` [B, L] int32: runs of 1 to 11 tokens.
+
+    Each image run has its own span id (two image runs may touch); text tokens carry the id of
+    the image run before them, which the spec must ignore."""
+    mods, spans = [], []
+    for _ in range(B):
+        mod: list[int] = []
+        span: list[int] = []
+        run = last_image = 0
+        while len(mod) < L:
+            kind, length = int(torch.randint(0, 2, (1,), generator=gen)), int(torch.randint(1, 12, (1,), generator=gen))
+            run += 1
+            last_image = run if kind == 1 else last_image
+            mod += [kind] * length
+            span += [last_image] * length
+        mods.append(torch.tensor(mod[:L]))
+        spans.append(torch.tensor(span[:L]))
+    return {"modality": torch.stack(mods).to(torch.int32), "image_span": torch.stack(spans).to(torch.int32)}
+
+
+# Integer captures of the sparse patterns: builder(B, L, generator), L = max(M, N) (queries and keys share positions).
+CAPTURES: dict[str, Callable[[int, int, torch.Generator], dict[str, torch.Tensor]]] = {
+    "document": packed_documents,
+    "document_causal": packed_documents,
+    "modality_mutual": interleaved_modalities,
+}
 
 
 def _cases() -> list:
@@ -139,6 +192,8 @@ def make_inputs(c: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict
         kwargs["temp"] = (0.25 + 1.75 * torch.rand(c.B, c.H, c.M, generator=gen)).to(DEVICE)
     if c.spec == "cross_attention":
         kwargs["kv_lens"] = torch.tensor(c.kv_lens, dtype=torch.int32, device=DEVICE)
+    if c.spec in CAPTURES:
+        kwargs.update({n: t.to(DEVICE) for n, t in CAPTURES[c.spec](c.B, max(c.M, c.N), gen).items()})
     return q, k, v, kwargs
 
 
