@@ -23,7 +23,6 @@ from test_autograd import assert_grad_close
 from test_specs import CAPTURES, DTYPES, SMALL_PARAMS
 
 import attncc
-from attncc.errors import SpecError
 from attncc.spec.loader import library
 
 MaskMod = Callable[..., object]
@@ -210,13 +209,7 @@ def _cases() -> list:
             vkw = {**kw, "params": params}
             cases += [Case(spec, "spec", "fp32", 77, tag=tag, **vkw), Case(spec, "flex", "fp16", 77, tag=tag, **vkw)]
     cases.append(Case("power_attention", "flex", "fp32", 77, tag="bitwise", mask_mod=_power_bitwise))
-    return [pytest.param(c, id=c.id, marks=_marks(c)) for c in cases]
-
-
-def _marks(c: Case) -> list:
-    if c.tag == "bitwise":  # strict: the test fails (XPASS) once & lands, so the marker gets removed
-        return [pytest.mark.xfail(reason="needs bitwise & (landing in the same issue)", raises=SpecError, strict=True)]
-    return []
+    return [pytest.param(c, id=c.id) for c in cases]
 
 
 CASES = _cases()
