@@ -80,7 +80,9 @@ UNKNOWN = Truth(_b(False), _b(True), _b(False), _b(False))
 
 
 def _f(x: Any) -> torch.Tensor:
-    return torch.as_tensor(x).to(torch.float64)
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float64)
+    return torch.tensor(x, dtype=torch.float64)  # never through float32
 
 
 def _lvl(x: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Block tables: which (query tile, key tile) pairs hold an unmasked element, and which are full.
 
-A tile is ``EMPTY`` (0) when the mask is false at every element, ``FULL`` (2) when it is
-true at every element, else ``PARTIAL`` (1).  Only elements inside the lengths count: a
-tile cut by ``M`` or ``N`` is full when every element with ``m < M`` and ``n < N`` is
-unmasked.
+A tile is ``EMPTY`` (0) when the mask is false at every element inside the lengths
+(``m < M``, ``n < N``), ``FULL`` (2) when it is true at every element of the whole tile,
+else ``PARTIAL`` (1).  So a non-empty tile cut by ``M`` or ``N`` is always partial, as in
+FlexAttention: kernels skip the mask arithmetic, bounds checks included, only on full tiles.
 
 :func:`classify_tiles` decides a static mask in two steps.  First every tile is a box
 (``m`` over the tile's rows, ``n`` over its columns, exact ``b`` and ``h``) and the
@@ -70,12 +70,13 @@ class BlockTables:
 
 @dataclass
 class ClassifyStats:
-    """What :func:`classify_tiles` did: tiles in all, tiles left to the elementwise fallback,
-    and elements it evaluated."""
+    """What :func:`classify_tiles` did: tiles in all, tiles left to the elementwise fallback
+    (``fallback``: their ``[b, h, i, j]`` indices, ``[fallback_tiles, 4]``), elements it evaluated."""
 
     tiles: int = 0
     fallback_tiles: int = 0
     fallback_elements: int = 0
+    fallback: torch.Tensor | None = None
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -135,9 +136,22 @@ def classify_tiles(mask: sp.Basic | bool, sizes: Mapping[str, int], params: Mapp
     if stats is not None:
         stats.tiles = classes.numel()
         stats.fallback_tiles = int(undecided.shape[0])
+        stats.fallback = undecided
     elements = _fallback(pred, env, captures, dims, bm, bn, classes, undecided, chunk_elements)
     if stats is not None:
         stats.fallback_elements = elements
+    return _cut_tiles_partial(classes, dims["M"], dims["N"], bm, bn)
+
+
+def _cut_tiles_partial(classes: torch.Tensor, M: int, N: int, bm: int, bn: int) -> torch.Tensor:
+    """Full tiles cut by ``M`` (last row tile) or ``N`` (last column tile) become partial."""
+    classes = classes.clone()
+    if M % bm:
+        last = classes[..., -1, :]
+        last[last == FULL] = PARTIAL
+    if N % bn:
+        last = classes[..., :, -1]
+        last[last == FULL] = PARTIAL
     return classes
 
 
@@ -314,7 +328,8 @@ def tables_from_flex(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
     ``kv_num_blocks [B, H, Tm]``, ``kv_indices [B, H, Tm, K]`` (the first ``kv_num_blocks``
     entries of each row are read, in any order), likewise ``full_*`` or ``None`` for none;
     ``Tm = ceil(M / block_m)``, indices in ``[0, ceil(N / block_n))``.  A tile listed twice,
-    or both partial and full, is an :class:`InputError`.  The per-key-tile lists are derived.
+    or both partial and full, is an :class:`InputError`.  Full tiles cut by ``M`` or ``N`` are
+    made partial (see the module docstring).  The per-key-tile lists are derived.
     """
     fn = "tables_from_flex"
     for value, name in ((block_m, "block_m"), (block_n, "block_n"), (M, "M"), (N, "N")):
@@ -337,7 +352,8 @@ def tables_from_flex(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
         full = _scatter(fnum, fidx, tn, "full_kv", fn)
         if bool(((full > 0) & (partial > 0)).any()):
             raise InputError(f"{fn}: a tile is listed both in kv_indices and in full_kv_indices")
-    return block_tables((partial + 2 * full).to(torch.int8), block_m, block_n)
+    classes = _cut_tiles_partial((partial + 2 * full).to(torch.int8), M, N, block_m, block_n)
+    return block_tables(classes, block_m, block_n)
 
 
 # --- dynamic masks from per-tile scores ------------------------------------------------------
@@ -351,36 +367,50 @@ def _check_scores(scores: Any, fn: str) -> torch.Tensor:
     return scores
 
 
-def _allowed(scores: torch.Tensor, block_m: int, block_n: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selectable tiles (finite or +inf score, and with ``causal`` some element with ``n <= m``),
-    and the tiles where every element has ``n <= m``."""
+def _lengths(scores: torch.Tensor, block_m: int, block_n: int, M: int | None, N: int | None,
+             fn: str) -> tuple[int, int]:
+    tm, tn = scores.shape[-2:]
+    M = tm * block_m if M is None else _positive_int(M, "M", fn)
+    N = tn * block_n if N is None else _positive_int(N, "N", fn)
+    if _cdiv(M, block_m) != tm or _cdiv(N, block_n) != tn:
+        raise InputError(f"{fn}: scores [.., {tm}, {tn}] do not match M={M}, N={N} "
+                         f"with tiles {block_m}x{block_n}")
+    return M, N
+
+
+def _candidates(scores: torch.Tensor, block_m: int, block_n: int, M: int, N: int,
+                causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selectable tiles (score above -inf and, with ``causal``, some element with ``n <= m``),
+    and the tiles that may be full (not cut by ``M`` or ``N``; with ``causal``, every element
+    with ``n <= m``)."""
     tm, tn = scores.shape[-2:]
     i = torch.arange(tm, device=scores.device).view(-1, 1)
     j = torch.arange(tn, device=scores.device).view(1, -1)
     allowed = scores > float("-inf")
-    below = torch.ones(tm, tn, dtype=torch.bool, device=scores.device)
+    whole = (i * block_m + block_m <= M) & (j * block_n + block_n <= N)
     if causal:
-        allowed = allowed & (j * block_n <= i * block_m + block_m - 1)
-        below = j * block_n + block_n - 1 <= i * block_m
-    return allowed, below
+        allowed = allowed & (j * block_n <= torch.clamp(i * block_m + block_m - 1, max=M - 1))
+        whole = whole & (j * block_n + block_n - 1 <= i * block_m)
+    return allowed, whole
 
 
-def _selected_tables(sel: torch.Tensor, below: torch.Tensor, block_m: int, block_n: int, full: bool) -> BlockTables:
+def _selected_tables(sel: torch.Tensor, whole: torch.Tensor, block_m: int, block_n: int, full: bool) -> BlockTables:
     classes = sel.to(torch.int8) * PARTIAL
     if full:
-        classes = torch.where(sel & below, FULL, classes).to(torch.int8)
+        classes = torch.where(sel & whole, FULL, classes).to(torch.int8)
     return block_tables(classes, block_m, block_n)
 
 
 def topk_tables(scores: torch.Tensor, k: int, block_m: int, block_n: int, *, causal: bool = False,
-                full: bool = False) -> BlockTables:
+                full: bool = False, M: int | None = None, N: int | None = None) -> BlockTables:
     """Per query tile, the ``k`` key tiles of highest ``scores [B, H, Tm, Tn]``.
 
     With ``causal``, only key tiles holding some element with ``n <= m`` are candidates (rows
     with fewer candidates get fewer tiles); tiles scored ``-inf`` are never chosen.  Chosen tiles
     are partial: the kernel applies the mask elementwise.  With ``full``, chosen tiles are full
-    (no mask arithmetic) except, with ``causal``, tiles crossing the diagonal, which stay partial
-    (the mask must then hold the causal condition).
+    (no mask arithmetic) except tiles cut by the lengths ``M``, ``N`` (default: whole tiles) and,
+    with ``causal``, tiles crossing the diagonal, which stay partial (the mask must then hold the
+    causal condition).
     """
     fn = "topk_tables"
     scores = _check_scores(scores, fn)
@@ -389,19 +419,19 @@ def topk_tables(scores: torch.Tensor, k: int, block_m: int, block_n: int, *, cau
     tn = scores.shape[-1]
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= tn:
         raise InputError(f"{fn}: k must be an int in [0, {tn}], got {k!r}")
-    allowed, below = _allowed(scores, block_m, block_n, causal)
+    allowed, whole = _candidates(scores, block_m, block_n, *_lengths(scores, block_m, block_n, M, N, fn), causal)
     ranked = torch.where(allowed, scores.to(torch.float64), float("-inf"))
     top = torch.topk(ranked, k, dim=-1).indices
     sel = torch.zeros_like(allowed).scatter_(-1, top, True) & allowed
-    return _selected_tables(sel, below, block_m, block_n, full)
+    return _selected_tables(sel, whole, block_m, block_n, full)
 
 
 def mass_tables(scores: torch.Tensor, threshold: float, block_m: int, block_n: int, *, causal: bool = False,
-                full: bool = False) -> BlockTables:
+                full: bool = False, M: int | None = None, N: int | None = None) -> BlockTables:
     """Per query tile, the fewest key tiles whose softmax mass (softmax of ``scores [B, H, Tm, Tn]``
     over the candidate key tiles) reaches ``threshold`` in ``(0, 1]`` (FlexPrefill's rule).
 
-    Candidates, ``causal`` and ``full`` are as for :func:`topk_tables`.
+    Candidates, ``causal``, ``full``, ``M`` and ``N`` are as for :func:`topk_tables`.
     """
     fn = "mass_tables"
     scores = _check_scores(scores, fn)
@@ -409,11 +439,11 @@ def mass_tables(scores: torch.Tensor, threshold: float, block_m: int, block_n: i
     _positive_int(block_n, "block_n", fn)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise InputError(f"{fn}: threshold must be a number in (0, 1], got {threshold!r}")
-    allowed, below = _allowed(scores, block_m, block_n, causal)
+    allowed, whole = _candidates(scores, block_m, block_n, *_lengths(scores, block_m, block_n, M, N, fn), causal)
     ranked = torch.where(allowed, scores.to(torch.float64), float("-inf"))
     probs = torch.nan_to_num(torch.softmax(ranked, dim=-1), nan=0.0)
     p_sorted, order = torch.sort(probs, dim=-1, descending=True, stable=True)
     before = torch.cumsum(p_sorted, dim=-1) - p_sorted  # mass of the tiles ranked higher
     keep_sorted = (before < threshold) & (p_sorted > 0)
     sel = torch.zeros_like(allowed).scatter_(-1, order, keep_sorted) & allowed
-    return _selected_tables(sel, below, block_m, block_n, full)
+    return _selected_tables(sel, whole, block_m, block_n, full)
