@@ -437,10 +437,22 @@ class _Intervals:
             return Truth(lo >= 0, hi >= 0, ends & (hi >= 0), ends & (lo < 0))
         if isinstance(e, (sp.Equality, sp.Unequality)):
             spans = (lo <= 0) & (hi >= 0)
-            eq = Truth((lo == 0) & (hi == 0), spans, (contiguous & spans) | (ends & ((lo == 0) | (hi == 0))),
-                       ends & ((lo != 0) | (hi != 0)))
+            some_true = (contiguous & spans) | (ends & ((lo == 0) | (hi == 0))) | self._shared_value(lhs, rhs)
+            eq = Truth((lo == 0) & (hi == 0), spans, some_true, ends & ((lo != 0) | (hi != 0)))
             return eq if isinstance(e, sp.Equality) else _not(eq)
         return UNKNOWN
+
+    def _shared_value(self, lhs: sp.Basic, rhs: sp.Basic) -> torch.Tensor:
+        """Where sides over disjoint symbols are known to take one common value: an end taken
+        on both sides, or an end of one side inside the other, contiguous, side."""
+        a, b = self.interval(lhs), self.interval(rhs)
+        if a.vars & b.vars:
+            return _b(False)
+        ends = (a.level >= 1) & (b.level >= 1)
+        same_end = (a.lo == b.lo) | (a.lo == b.hi) | (a.hi == b.lo) | (a.hi == b.hi)
+        b_end_in_a = (a.level >= 2) & (((b.lo >= a.lo) & (b.lo <= a.hi)) | ((b.hi >= a.lo) & (b.hi <= a.hi)))
+        a_end_in_b = (b.level >= 2) & (((a.lo >= b.lo) & (a.lo <= b.hi)) | ((a.hi >= b.lo) & (a.hi <= b.hi)))
+        return ends & (same_end | b_end_in_a | a_end_in_b)
 
     def _piecewise_truth(self, e: sp.Piecewise) -> Truth:
         branches, fallthrough = self._branches(e)
