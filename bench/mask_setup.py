@@ -19,6 +19,7 @@ Peak memory is the process's peak resident set during the timed calls (``VmHWM``
 converted with ``tables_from_flex`` and compared with attncc's classes at the same length.
 
 Usage: python bench/mask_setup.py [--length 32768] [--repeats 5] [--eager-budget-s 60] [--eager-budget-gib 8]
+       [--threads N]
 """
 
 from __future__ import annotations
@@ -154,8 +155,11 @@ def child(kind: str, name: str, L: int, repeats: int) -> dict:
     return _torch(name, L, repeats, compiled=kind == "torch-compiled")
 
 
+THREADS: list[str] = []  # "--threads N" passed on to the children
+
+
 def run_child(kind: str, name: str, L: int, repeats: int, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, name, str(L), str(repeats)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *THREADS, "--child", kind, name, str(L), str(repeats)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -193,13 +197,17 @@ def main() -> None:
     ap.add_argument("--eager-budget-s", type=float, default=60.0)
     ap.add_argument("--eager-budget-gib", type=float, default=8.0)
     ap.add_argument("--timeout-s", type=float, default=900.0, help="per child process")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in every child (0: torch's default)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "MASK", "L", "REPEATS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         kind, name, L, repeats = args.child
         print(json.dumps(child(kind, name, int(L), int(repeats))))
         return
     L = args.length
+    THREADS[:] = ["--threads", str(args.threads)] if args.threads else []
     print(f"mask set-up, tiles {BLOCK}x{BLOCK}, torch {torch.__version__}, CPU, {torch.get_num_threads()} threads")
     for name in MASKS:
         print(f"\n== {name} ==")

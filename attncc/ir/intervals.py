@@ -35,6 +35,7 @@ become infinite.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,7 @@ def _finish(e: sp.Basic, lo: torch.Tensor, hi: torch.Tensor, level: torch.Tensor
     """Normalise one result: NaN ends widen, non-integer results round outwards and have
     level 0, integer ends from 2**53 on become infinite, infinite ends have level 0."""
     level = torch.as_tensor(level, dtype=torch.int8)
-    integer = E.integer_valued(e)
+    integer = _integer(e)
     if integer and (lo.numel() == 0 or (float(lo.min()) > -EXACT_LIMIT and float(hi.max()) < EXACT_LIMIT)):
         return Interval(lo, hi, level, vars_)  # every end finite and exact (the common case)
     lo = torch.nan_to_num(lo, nan=-INF, posinf=INF, neginf=-INF)
@@ -111,6 +112,21 @@ def _finish(e: sp.Basic, lo: torch.Tensor, hi: torch.Tensor, level: torch.Tensor
         lo, hi, level = torch.nextafter(lo, _f(-INF)), torch.nextafter(hi, _f(INF)), _lvl(0)
     level = torch.where(torch.isfinite(lo) & torch.isfinite(hi), level, _lvl(0))
     return Interval(lo, hi, level, vars_)
+
+
+@functools.lru_cache(maxsize=4096)
+def _integer(e: sp.Basic) -> bool:
+    return E.integer_valued(e)
+
+
+@functools.lru_cache(maxsize=4096)
+def _difference(lhs: sp.Basic, rhs: sp.Basic) -> sp.Basic:
+    return sp.Add(lhs, -rhs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fraction(arg: sp.Basic) -> tuple[sp.Basic, sp.Basic]:
+    return sp.fraction(sp.together(arg))
 
 
 def _disjoint(parts: list[Interval]) -> bool:
@@ -260,7 +276,7 @@ class _Intervals:
 
     def _rounded(self, e: sp.Basic, rounding_up: bool) -> Interval:
         arg = e.args[0]
-        num, den = sp.fraction(sp.together(arg))
+        num, den = _fraction(arg)
         if num.is_integer and den.is_integer and den != 1:
             a, d = self.interval(num), self.interval(den)
             if rounding_up:  # ceil(a / d) = -floor(-a / d)
@@ -285,7 +301,7 @@ class _Intervals:
         dv = torch.where(point, d.lo, 1.0)
         k_lo, k_hi = torch.div(x.lo, dv, rounding_mode="floor"), torch.div(x.hi, dv, rounding_mode="floor")
         one_period = point & (k_lo == k_hi) & torch.isfinite(x.lo) & torch.isfinite(x.hi)
-        integer = E.integer_valued(e)
+        integer = _integer(e)
         step = 1.0 if integer else 0.0
         pos, neg = d.lo > 0, d.hi < 0
         lo = torch.where(pos, 0.0, torch.where(neg, d.lo + step, -INF))
@@ -331,7 +347,7 @@ class _Intervals:
         x = self.interval(e.args[0])
         ok = x.lo >= domain_lo
         lo, hi = torch.where(ok, fn(x.lo), -INF), torch.where(ok, fn(x.hi), INF)
-        return _finish(e, lo, hi, x.level if E.integer_valued(e) else 0, x.vars)
+        return _finish(e, lo, hi, x.level if _integer(e) else 0, x.vars)
 
     def _sign(self, e: sp.sign) -> Interval:
         return self._monotone(e, torch.sign)
@@ -422,7 +438,7 @@ class _Intervals:
         lhs, rhs = e.lhs, e.rhs
         if isinstance(lhs, _BOOLEAN) or isinstance(rhs, _BOOLEAN):
             return UNKNOWN
-        d_expr = sp.Add(lhs, -rhs)
+        d_expr = _difference(lhs, rhs)
         if d_expr.has(sp.nan, sp.zoo):
             return UNKNOWN
         d = self.interval(d_expr)

@@ -32,6 +32,10 @@ from attncc.ir.intervals import decide
 EMPTY, PARTIAL, FULL = 0, 1, 2
 _UNDECIDED = 3
 CHUNK_ELEMENTS = 1 << 21  # elements per fallback chunk
+# Tiles per chunk of the interval step and of the table construction: memory stays O(chunk),
+# and each torch operation stays under torch's parallel grain size (32768), whose thread
+# hand-offs cost more than these small operations on a busy machine.
+BOX_CHUNK = 1 << 14
 _BOX_SYMBOLS = (E.b, E.h, E.m, E.n)
 
 
@@ -124,35 +128,54 @@ def classify_tiles(mask: sp.Basic | bool, sizes: Mapping[str, int], params: Mapp
         raise InputError(f"{fn}: the mask depends on the score")
     dims = _dims(pred, sizes, fn)
     env = _scalar_env(sizes, params)
-    boxes = _tile_boxes(dims, bm, bn)
-    summaries = _summaries(pred, dims, bm, bn, captures, fn)
-    t = decide(pred, {**env, **boxes}, captures, summaries)
     shape = (dims["B"], dims["H"], _cdiv(dims["M"], bm), _cdiv(dims["N"], bn))
-    classes = torch.full(shape, _UNDECIDED, dtype=torch.int8)
-    classes = torch.where((t.some_true & t.some_false).expand(shape), PARTIAL, classes)
-    classes = torch.where((~t.may).expand(shape), EMPTY, classes)
-    classes = torch.where(t.must.expand(shape), FULL, classes).to(torch.int8).contiguous()
-    undecided = (classes == _UNDECIDED).nonzero()
+    summaries = _summaries(pred, dims, bm, bn, captures, fn)
+    classes = torch.empty(shape, dtype=torch.int8)
+    undecided = []
+    for r0, r1 in _row_chunks(shape[2], shape[0] * shape[1] * shape[3]):
+        part = _decide_rows(pred, env, captures, summaries, dims, bm, bn, r0, r1)
+        classes[:, :, r0:r1] = part
+        found = (part == _UNDECIDED).nonzero()
+        found[:, 2] += r0
+        undecided.append(found)
+    und = torch.cat(undecided)
     if stats is not None:
-        stats.tiles = classes.numel()
-        stats.fallback_tiles = int(undecided.shape[0])
-        stats.fallback = undecided
-    elements = _fallback(pred, env, captures, dims, bm, bn, classes, undecided, chunk_elements)
+        stats.tiles, stats.fallback_tiles, stats.fallback = classes.numel(), int(und.shape[0]), und
+    elements = _fallback(pred, env, captures, dims, bm, bn, classes, und, chunk_elements)
     if stats is not None:
         stats.fallback_elements = elements
-    return _cut_tiles_partial(classes, dims["M"], dims["N"], bm, bn)
+    _cut_tiles_partial(classes, dims["M"], dims["N"], bm, bn)
+    return classes
 
 
-def _cut_tiles_partial(classes: torch.Tensor, M: int, N: int, bm: int, bn: int) -> torch.Tensor:
-    """Full tiles cut by ``M`` (last row tile) or ``N`` (last column tile) become partial."""
-    classes = classes.clone()
+def _row_chunks(rows: int, per_row: int) -> list[tuple[int, int]]:
+    """Row ranges of at most :data:`BOX_CHUNK` elements (at least one row each)."""
+    step = max(1, BOX_CHUNK // max(1, per_row))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def _decide_rows(pred: sp.Basic, env: Mapping[sp.Symbol, Any], captures: Mapping[str, torch.Tensor],
+                 summaries: Mapping[sp.Basic, tuple[torch.Tensor, torch.Tensor]], dims: Mapping[str, int],
+                 bm: int, bn: int, r0: int, r1: int) -> torch.Tensor:
+    """Classes of query tiles ``r0 .. r1 - 1`` by the interval step (undecided tiles marked)."""
+    boxes = _tile_boxes(dims, bm, bn, r0, r1)
+    rows = {k: tuple(x[:, :, r0:r1] if x.shape[2] > 1 else x for x in v) for k, v in summaries.items()}
+    t = decide(pred, {**env, **boxes}, captures, rows)
+    shape = (dims["B"], dims["H"], r1 - r0, _cdiv(dims["N"], bn))
+    out = torch.full(shape, _UNDECIDED, dtype=torch.int8)
+    out = torch.where((t.some_true & t.some_false).expand(shape), PARTIAL, out)
+    out = torch.where((~t.may).expand(shape), EMPTY, out)
+    return torch.where(t.must.expand(shape), FULL, out).to(torch.int8)
+
+
+def _cut_tiles_partial(classes: torch.Tensor, M: int, N: int, bm: int, bn: int) -> None:
+    """Full tiles cut by ``M`` (last row tile) or ``N`` (last column tile) become partial, in place."""
     if M % bm:
         last = classes[..., -1, :]
         last[last == FULL] = PARTIAL
     if N % bn:
         last = classes[..., :, -1]
         last[last == FULL] = PARTIAL
-    return classes
 
 
 def _dims(pred: sp.Basic, sizes: Mapping[str, int], fn: str) -> dict[str, int]:
@@ -183,9 +206,10 @@ def _scalar_env(sizes: Mapping[str, int], params: Mapping[sp.Symbol, Any]) -> di
     return env
 
 
-def _tile_boxes(dims: Mapping[str, int], bm: int, bn: int) -> dict[sp.Symbol, Any]:
-    """``m``/``n`` ranges of every tile (clipped to the lengths); exact ``b``/``h``."""
-    m0 = torch.arange(_cdiv(dims["M"], bm), dtype=torch.float64) * bm
+def _tile_boxes(dims: Mapping[str, int], bm: int, bn: int, r0: int, r1: int) -> dict[sp.Symbol, Any]:
+    """``m``/``n`` ranges of the tiles of query tiles ``r0 .. r1 - 1`` (clipped to the lengths);
+    exact ``b``/``h``."""
+    m0 = torch.arange(r0, r1, dtype=torch.float64) * bm
     n0 = torch.arange(_cdiv(dims["N"], bn), dtype=torch.float64) * bn
     return {
         E.b: torch.arange(dims["B"], dtype=torch.float64).view(-1, 1, 1, 1),
@@ -245,11 +269,16 @@ def _tile_minmax(t: torch.Tensor, idx: tuple[sp.Basic, ...], dims: Mapping[str, 
 
 
 def _reduce_tiles(x: torch.Tensor, dim: int, block: int, reduce: Any, pad: float) -> torch.Tensor:
-    """Reduce ``dim`` of ``x`` over consecutive blocks of ``block`` (the last one padded with ``pad``)."""
+    """Reduce ``dim`` of ``x`` over consecutive blocks of ``block`` (the last one padded with
+    ``pad``), :data:`BOX_CHUNK` elements at a time."""
     x = x.movedim(dim, -1)
     tiles = _cdiv(x.shape[-1], block)
     padded = torch.nn.functional.pad(x, (0, tiles * block - x.shape[-1]), value=pad)
-    return reduce(padded.reshape(*x.shape[:-1], tiles, block), dim=-1).movedim(-1, dim)
+    rows = padded.reshape(-1, block)
+    out = torch.empty(rows.shape[0], dtype=x.dtype)
+    for r0, r1 in _row_chunks(rows.shape[0], block):
+        out[r0:r1] = reduce(rows[r0:r1], dim=-1)
+    return out.view(*x.shape[:-1], tiles).movedim(-1, dim)
 
 
 def _fallback(pred: sp.Basic, env: Mapping[sp.Symbol, Any], captures: Mapping[str, torch.Tensor],
@@ -279,11 +308,21 @@ def _fallback(pred: sp.Basic, env: Mapping[sp.Symbol, Any], captures: Mapping[st
 
 # --- tables ----------------------------------------------------------------------------------
 def _lists(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``sel [..., R, C]`` (bool): how many are set, and their column indices ascending."""
-    num = sel.sum(-1, dtype=torch.int32)
-    order = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True)
-    cols = torch.arange(sel.shape[-1], device=sel.device)
-    return num, torch.where(cols < num.unsqueeze(-1), order, 0).to(torch.int32)
+    """Per row of ``sel [G, R, C]`` (bool, any strides): how many are set (``[G, R]``), and their
+    column indices ascending, then 0 (``[G, R, C]``); in chunks of rows."""
+    G, R, C = sel.shape
+    num = torch.empty(G, R, dtype=torch.int32, device=sel.device)
+    idx = torch.empty(G, R, C, dtype=torch.int32, device=sel.device)
+    cols = torch.arange(C, dtype=torch.int32, device=sel.device)
+    for g in range(G):
+        for r0, r1 in _row_chunks(R, C):
+            s = sel[g, r0:r1]
+            pos = torch.cumsum(s, -1, dtype=torch.int64) - 1  # rank of each set column in its row
+            out = torch.zeros(r1 - r0, C + 1, dtype=torch.int32, device=sel.device)
+            out.scatter_(-1, torch.where(s, pos, C), cols.expand_as(pos))  # unset columns go to column C
+            num[g, r0:r1] = pos[:, -1] + 1 if C else 0
+            idx[g, r0:r1] = out[:, :C]
+    return num, idx
 
 
 def block_tables(classes: torch.Tensor, block_m: int, block_n: int) -> BlockTables:
@@ -292,16 +331,35 @@ def block_tables(classes: torch.Tensor, block_m: int, block_n: int) -> BlockTabl
     _positive_int(block_m, "block_m", fn)
     _positive_int(block_n, "block_n", fn)
     classes = _int_tensor(classes, "classes", fn, 4)
-    if classes.numel() and (int(classes.min()) < EMPTY or int(classes.max()) > FULL):
-        raise InputError(f"{fn}: classes must be 0 (empty), 1 (partial) or 2 (full), "
-                         f"got values in [{int(classes.min())}, {int(classes.max())}]")
-    partial, full = classes == PARTIAL, classes == FULL
-    kv_num, kv_idx = _lists(partial)
-    fkv_num, fkv_idx = _lists(full)
-    q_num, q_idx = _lists(partial.transpose(-1, -2))
-    fq_num, fq_idx = _lists(full.transpose(-1, -2))
-    return BlockTables(kv_num, kv_idx, fkv_num, fkv_idx, q_num, q_idx, fq_num, fq_idx,
-                       block_m, block_n, classes.to(torch.int8).contiguous())
+    B, H, tm, tn = classes.shape
+    c3 = classes.reshape(B * H, tm, tn)
+    for g in range(B * H):
+        for r0, r1 in _row_chunks(tm, tn):
+            part = c3[g, r0:r1]
+            if bool(((part < EMPTY) | (part > FULL)).any()):
+                raise InputError(f"{fn}: classes must be 0 (empty), 1 (partial) or 2 (full), got "
+                                 f"values in [{int(classes.min())}, {int(classes.max())}]")
+    lists = []
+    for value in (PARTIAL, FULL):
+        sel = _chunked_eq(c3, value)
+        kv = _lists(sel)
+        q = _lists(sel.transpose(1, 2))
+        lists.append((kv, q))
+    (kv, q), (fkv, fq) = lists
+
+    def shaped(pair: tuple[torch.Tensor, torch.Tensor], rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return pair[0].view(B, H, rows), pair[1].view(B, H, rows, cols)
+
+    return BlockTables(*shaped(kv, tm, tn), *shaped(fkv, tm, tn), *shaped(q, tn, tm), *shaped(fq, tn, tm),
+                       block_m, block_n, classes.to(torch.int8))
+
+
+def _chunked_eq(c3: torch.Tensor, value: int) -> torch.Tensor:
+    out = torch.empty(c3.shape, dtype=torch.bool, device=c3.device)
+    for g in range(c3.shape[0]):
+        for r0, r1 in _row_chunks(c3.shape[1], c3.shape[2]):
+            out[g, r0:r1] = c3[g, r0:r1] == value
+    return out
 
 
 def _scatter(num: torch.Tensor, idx: torch.Tensor, tn: int, name: str, fn: str) -> torch.Tensor:
@@ -352,7 +410,8 @@ def tables_from_flex(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor,
         full = _scatter(fnum, fidx, tn, "full_kv", fn)
         if bool(((full > 0) & (partial > 0)).any()):
             raise InputError(f"{fn}: a tile is listed both in kv_indices and in full_kv_indices")
-    classes = _cut_tiles_partial((partial + 2 * full).to(torch.int8), M, N, block_m, block_n)
+    classes = (partial + 2 * full).to(torch.int8)
+    _cut_tiles_partial(classes, M, N, block_m, block_n)
     return block_tables(classes, block_m, block_n)
 
 
