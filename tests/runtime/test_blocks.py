@@ -371,3 +371,19 @@ def test_mass_tables_take_the_fewest_tiles_reaching_the_threshold(threshold: flo
                 mass += probs[x]
             got = t.kv_indices[0, hi, i, :int(t.kv_num_blocks[0, hi, i])].tolist()
             assert got == sorted(chosen), f"h{hi} row {i} threshold {threshold}: got {got}, want {sorted(chosen)}"
+
+
+@pytest.mark.parametrize("name", ["document-unsorted-causal", "per-batch-documents", "per-head-window", "modality"])
+def test_small_chunks_give_the_same_tables(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interval step, the tile summaries and the tables in chunks of a few rows."""
+    from attncc.runtime import blocks
+    L, bm, bn = 130, 16, 8
+    pred, params, caps, dense, extra = _case(name, L)
+    want = brute_classes(dense.expand(extra.get("B", 1), extra.get("H", 1), L, L), bm, bn)
+    whole = block_tables(want, bm, bn)
+    monkeypatch.setattr(blocks, "BOX_CHUNK", 40)
+    got = classify_tiles(pred, {"M": L, "N": L, **extra}, params, caps, bm, bn)
+    assert torch.equal(got, want), f"{name}: classes differ at {(got != want).nonzero()[:5].tolist()}"
+    chunked = block_tables(got, bm, bn)
+    for f in ("kv_num_blocks", "kv_indices", "full_kv_indices", "q_num_blocks", "q_indices", "full_q_num_blocks"):
+        assert torch.equal(getattr(chunked, f), getattr(whole, f)), f"{name}: {f} differs in chunks"
