@@ -132,15 +132,27 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
 @click.option("--shape", default=None, help="B,H,M,N,D[,E] for tile statistics")
 @click.option("--param", "params", multiple=True, help="spec parameter NAME=VALUE")
 @click.option("--json", "as_json", is_flag=True)
-def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool) -> None:
+@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False, writable=True),
+              help="draw the forward kernel's block map (batch 0, head 0) to FILE.png (needs --shape, matplotlib)")
+def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool, plot: str | None) -> None:
     """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
     from attncc.runtime.api import load
     from attncc.runtime.explain import explain as run_explain
     from attncc.runtime.explain import format_explain
 
     fn = load(spec)
-    info = run_explain(fn.spec, fn.generated.lowered, parse_shape(shape), _checked_params(fn.spec, parse_params(params)))
+    dims = parse_shape(shape)
+    values = _checked_params(fn.spec, parse_params(params))
+    info = run_explain(fn.spec, fn.generated.lowered, dims, values)
     click.echo(json.dumps(info, indent=2) if as_json else format_explain(info))
+    if plot is not None:
+        if dims is None:
+            raise click.UsageError("--plot needs --shape")
+        from attncc.runtime.plot import plot_tile_map
+
+        low = fn.generated.lowered
+        plot_tile_map(low.schedule.tile_map(low, dims, values, None), Path(plot), f"{fn.spec.name} {shape}")
+        click.echo(f"wrote {plot}", err=True)
 
 
 def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, float | int]:

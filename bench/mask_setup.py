@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from attncc.ir import expr as E  # noqa: E402
-from attncc.runtime.blocks import block_tables, classify_tiles, tables_from_flex  # noqa: E402
+from attncc.passes.blocks import block_tables, classify_tiles, tables_from_flex  # noqa: E402
 
 BLOCK = 128
 MASKS = ("document", "sliding_window", "neighborhood_2d")

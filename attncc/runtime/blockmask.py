@@ -55,7 +55,7 @@ class BlockMask:
                        seq_lengths: tuple[int, int] | None = None) -> BlockMask:
         """FlexAttention's ``BlockMask.from_kv_blocks``: block lists per query block (int32);
         the transposed lists for the backward are derived here."""
-        from attncc.runtime.blocks import tables_from_flex
+        from attncc.passes.blocks import tables_from_flex
 
         bm, bn = _pair(BLOCK_SIZE)
         if not isinstance(kv_num_blocks, torch.Tensor) or kv_num_blocks.dim() != 3:
@@ -97,7 +97,7 @@ class BlockMask:
         return compile_spec(spec), caps
 
     def _tables_at(self, bm: int, bn: int) -> dict[str, Any]:
-        from attncc.runtime.blocks import block_tables
+        from attncc.passes.blocks import block_tables
 
         bt = block_tables(self.classes(bm, bn), bm, bn)
         tables: dict[str, Any] = {name: getattr(bt, name) for name in TABLE_ORDER}
@@ -112,7 +112,7 @@ class BlockMask:
             if (bm, bn) != self.BLOCK_SIZE:
                 raise InputError(f"BlockMask: block tables were given at {self.BLOCK_SIZE}, not ({bm}, {bn})")
             return _classes_of(self.given_tables, self.Q_LEN, self.KV_LEN)
-        from attncc.runtime.blocks import classify_tiles
+        from attncc.passes.blocks import classify_tiles
 
         compiled, caps = self._spec()
         low = compiled.generated.lowered

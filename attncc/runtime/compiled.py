@@ -68,8 +68,8 @@ class CompiledAttention:
                          params: dict[str, Any], config: dict[str, int] | None) -> dict[str, Any]:
         """Block tables of this spec's mask for one call, at the forward kernel's tile sizes
         (interval reasoning on tile summaries, exact evaluation of undecided tiles:
-        :mod:`attncc.runtime.blocks`).  Rebuilt only when shapes, params or captured tensors change."""
-        from attncc.runtime.blocks import block_tables, classify_tiles
+        :mod:`attncc.passes.blocks`).  Rebuilt only when shapes, params or captured tensors change."""
+        from attncc.passes.blocks import block_tables, classify_tiles
 
         B, H, M, D = q.shape
         HK, N, E_ = k.shape[1], k.shape[2], v.shape[3]

@@ -120,6 +120,12 @@ class Schedule(ABC):
         """A zero-argument callable that launches the kernels of ``kind`` once on ``inputs``
         (``q``, ``k``, ``v`` tensors) through the generated ``module`` (for timing)."""
 
+    def tile_map(self, low: Lowered, shape: tuple[int, ...], params: Mapping[str, Any],
+                 tiles: tuple[int, int] | None) -> Any:
+        """``[row tiles, swept tiles]`` int8 block map of the main kernel at batch 0, head 0
+        (0 not visited, 1 visited with the mask, 2 without); for ``attncc explain --plot``."""
+        raise NotImplementedError(f"the {self.name} schedule draws no block map")
+
     @abstractmethod
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
                 tiles: tuple[int, int] | None) -> dict[str, Any]:

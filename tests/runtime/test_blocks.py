@@ -16,7 +16,7 @@ import torch
 
 from attncc.errors import InputError
 from attncc.ir import expr as E
-from attncc.runtime.blocks import (
+from attncc.passes.blocks import (
     ClassifyStats,
     block_tables,
     classify_tiles,

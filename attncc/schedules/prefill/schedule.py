@@ -16,7 +16,7 @@ from attncc.passes.lowered import Lowered, Lowering
 from attncc.passes.plans import Plan, block_table_plan, segment_plan
 from attncc.schedules.base import KernelDecl, Schedule
 from attncc.schedules.prefill.render import module_text, render
-from attncc.schedules.prefill.stats import explain_section
+from attncc.schedules.prefill.stats import explain_section, tile_map
 from attncc.schedules.space import ConfigSpace
 
 if TYPE_CHECKING:
@@ -147,6 +147,12 @@ class PrefillSchedule(Schedule):
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
                 tiles: tuple[int, int] | None) -> dict[str, Any]:
         return explain_section(self, low, shape, params, tiles)
+
+    def tile_map(self, low: Lowered, shape: tuple[int, ...], params: Mapping[str, Any],
+                 tiles: tuple[int, int] | None) -> Any:
+        cfg = self.default_config("fwd", shape[4])
+        bm, bn = tiles or (cfg["BLOCK_M"], cfg["BLOCK_N"])
+        return tile_map(low, shape, bm, bn, params, self.prefers_block_table(low))
 
     def _check_kind(self, kind: str) -> str:
         if kind not in self.kinds:

@@ -15,6 +15,7 @@ import torch
 from attncc.errors import InputError
 from attncc.ir import expr as E
 from attncc.ir.evaluate import evaluate
+from attncc.passes.blocks import classify_tiles
 from attncc.passes.lowered import Lowered
 from attncc.passes.plans import Plan, tile_env
 
@@ -123,8 +124,47 @@ def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | N
     except (RuntimeError, OverflowError) as exc:  # torch integer overflow on huge sizes or params
         raise InputError(f"--shape/--param: tile statistics overflow ({str(exc).splitlines()[0]})") from None
     out["shape"] = dict(zip("BHMNDE", shape, strict=False))
+    if schedule.prefers_block_table(low) and not E.loads(low.mask):
+        out["tiles"] = table_stats(low, shape, bm, bn, params)
+        return out
     if st is None:
         why = ("depends on captured tensor values" if E.loads(low.mask)
                else f"not computed: more than {MAX_QUERY_TILES} query tiles (over the batches/heads the mask reads)")
-    out["tiles"] = asdict(st) if st else why
+    out["tiles"] = {**asdict(st), "plan": "segments", "tiles_visited": st.visited,
+                    "tiles_nonempty": st.non_empty} if st else why
+    return out
+
+
+def _sizes(shape: tuple[int, ...]) -> dict[str, int]:
+    B, H, M, N, D = shape[:5]
+    return {"B": B, "H": H, "HK": H, "M": M, "N": N, "D": D, "E": shape[5] if len(shape) > 5 else D}
+
+
+def table_stats(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Tile counts when calls build block tables at launch: the kernel visits exactly the
+    non-empty tiles of the exact classification (:func:`attncc.passes.blocks.classify_tiles`)."""
+    B, H = shape[:2]
+    values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
+    classes = classify_tiles(low.mask, _sizes(shape), values, {}, bm, bn).expand(B, H, -1, -1)
+    full, partial = int((classes == 2).sum()), int((classes == 1).sum())
+    return {"block_m": bm, "block_n": bn, "total": classes.numel(), "visited": full + partial, "full": full,
+            "partial": partial, "non_empty": full + partial, "plan": "block_table (built at launch)",
+            "tiles_visited": full + partial, "tiles_nonempty": full + partial}
+
+
+def tile_map(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Mapping[str, Any],
+             table: bool) -> torch.Tensor:
+    """Classes of the forward kernel's tiles at batch 0, head 0: ``[Tm, Tn]`` int8, 0 not visited,
+    1 visited with the mask, 2 visited without it (the block table's classes when ``table``)."""
+    values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
+    sizes = _sizes(shape)
+    if table:
+        return classify_tiles(low.mask, {**sizes, "B": 1, "H": 1}, values, {}, bm, bn)[0, 0]
+    plan = low.plan("attn_fwd")
+    M, N = sizes["M"], sizes["N"]
+    out = torch.zeros(_cdiv(M, bm), _cdiv(N, bn), dtype=torch.int8)
+    for r in range(out.shape[0]):
+        env = tile_env(plan, sizes, values, r * bm, min(r * bm + bm, M) - 1)
+        for t in plan.visits(env, bn):
+            out[r, t.start // bn] = 1 if t.masked else 2
     return out
