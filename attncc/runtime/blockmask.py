@@ -67,6 +67,29 @@ class BlockMask:
         return cls(mask_mod, kv_num_blocks.shape[0], kv_num_blocks.shape[1], int(M), int(N), (bm, bn),
                    kv_num_blocks.device, tables)
 
+    @classmethod
+    def from_block_scores(cls, scores: torch.Tensor, *, topk: int | None = None, mass: float | None = None,
+                          BLOCK_SIZE: int | tuple[int, int] = 128, seq_lengths: tuple[int, int] | None = None,
+                          mask_mod: Callable[..., Any] | None = None, causal: bool = False) -> BlockMask:
+        """A dynamic mask from per-block scores ``[B, H, Mb, Nb]``: per query block the ``topk``
+        highest-scoring key blocks, or the fewest whose softmax mass reaches ``mass`` (FlexPrefill).
+        Chosen blocks evaluate ``mask_mod`` (and causality with ``causal``) elementwise."""
+        from attncc.passes.blocks import mass_tables, topk_tables
+
+        if (topk is None) == (mass is None):
+            raise InputError("from_block_scores: give exactly one of topk= and mass=")
+        bm, bn = _pair(BLOCK_SIZE)
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 4:
+            raise InputError("from_block_scores: scores must be a [B, H, query_blocks, key_blocks] tensor")
+        M, N = seq_lengths if seq_lengths is not None else (scores.shape[2] * bm, scores.shape[3] * bn)
+        bt = (topk_tables(scores, topk, bm, bn, causal=causal, M=M, N=N) if topk is not None
+              else mass_tables(scores, float(mass), bm, bn, causal=causal, M=M, N=N))  # type: ignore[arg-type]
+        if causal:
+            mask_mod = _causal if mask_mod is None else _and_causal(mask_mod)
+        tables: dict[str, Any] = {name: getattr(bt, name) for name in TABLE_ORDER}
+        tables.update(block_m=bm, block_n=bn)
+        return cls(mask_mod, scores.shape[0], scores.shape[1], int(M), int(N), (bm, bn), scores.device, tables)
+
     # --- FlexAttention's attributes ---------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -183,6 +206,16 @@ class BlockMask:
         total = -(-M // bm) * -(-N // bn) * B * H
         return {"block_m": bm, "block_n": bn, "tiles_total": total, "tiles_visited": visited,
                 "tiles_nonempty": nonempty}
+
+
+def _causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+    return q_idx >= kv_idx
+
+
+def _and_causal(mask_mod: Callable[..., Any]) -> Callable[..., Any]:
+    def causal_and(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        return (q_idx >= kv_idx) & mask_mod(b, h, q_idx, kv_idx)
+    return causal_and
 
 
 def _classes_of(tables: dict[str, Any], M: int, N: int) -> torch.Tensor:

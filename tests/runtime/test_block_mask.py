@@ -87,3 +87,19 @@ def test_views_and_stats_of_a_causal_mask() -> None:
     st = mask.stats()
     assert set(st) == {"block_m", "block_n", "tiles_total", "tiles_visited", "tiles_nonempty"}, st
     assert st["tiles_visited"] == st["tiles_nonempty"], f"causal visits exactly its non-empty tiles: {st}"
+
+
+@pytest.mark.parametrize("how", [pytest.param({"topk": 2}, id="topk"), pytest.param({"mass": 0.5}, id="mass")])
+def test_masks_from_block_scores_match_the_dense_reference(how: dict) -> None:
+    B, H, M, N, D, bs = 1, 2, 64, 64, 16, 16
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(B, H, M // bs, N // bs, generator=g)
+    mask = BlockMask.from_block_scores(scores, BLOCK_SIZE=bs, causal=True, **how)
+    q, k, v = (torch.randn(B, H, M, D, generator=g) for _ in range(3))
+    o = attncc.flex_attention(q, k, v, block_mask=mask, kernel_options=TILES)
+    keep = mask.dense_mask()
+    assert keep.any(-1).all(), "every query keeps its diagonal block under causal top-k/mass"
+    m, n = torch.arange(M).view(-1, 1), torch.arange(N).view(1, -1)
+    assert not (keep & (n > m)).any(), "causal"
+    ro, _ = masked_softmax_attention((q.double() @ k.double().transpose(-1, -2)) / D**0.5, keep, v.double())
+    assert torch.allclose(o.double(), ro, atol=2e-5), f"{how}: o"
