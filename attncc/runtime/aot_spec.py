@@ -28,7 +28,9 @@ def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_d
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
     constexprs: dict[str, Any] = {**launch.kernel_constexprs(head_dim, head_dim_v, config, elem),
-                                  "WRITE_FULL": bool(spec.captures), "LOG_TILES": False}
+                                  "WRITE_FULL": bool(spec.captures), "LOG_TILES": False,
+                                  "TBL_ROW": config["BLOCK_M"] if decl.sweeps == "keys" else config["BLOCK_N"],
+                                  "TBL_COL": config["BLOCK_N"] if decl.sweeps == "keys" else config["BLOCK_M"]}
     constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:

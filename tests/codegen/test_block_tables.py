@@ -155,3 +155,41 @@ def test_bad_tables_are_one_line_errors(change: object, match: str) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="pass block_tables"):
         mod.attention_forward(q, q, q, config=TILES)
+
+
+AOT_SCRIPT = """
+import os, json
+os.environ["TRITON_INTERPRET"] = "0"
+import attncc
+from attncc.codegen.aot import compile_report
+from attncc.runtime.aot_spec import kernel_signature, launch_divisibility
+fn = attncc.load("document_causal")
+gen = fn.generated_for(True)
+class F: pass
+f = F(); f.module = fn.module_for(gen.key); f.spec = fn.spec
+sched = gen.lowered.schedule
+out = []
+for target in ("sm_80", "sm_90"):
+    for d in sched.kernels:
+        cfg = sched.default_config(d.kind, 64)
+        sig, ce = kernel_signature(f, d, "fp16", 64, 64, cfg)
+        r = compile_report(getattr(f.module, d.name), sig, ce, target, cfg["num_warps"], cfg["num_stages"],
+                           kernel_name=d.name, divisible_by_16=launch_divisibility(sig, 64, 64))
+        out.append([target, d.name, r.registers, r.spills])
+print(json.dumps(out))
+"""
+
+
+def test_block_table_kernels_compile_for_sm80_and_sm90_without_spills() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reports = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(reports) == 6, reports
+    spilling = [r for r in reports if r[3] != 0]
+    assert not spilling, f"block-table kernels spill: {spilling}"

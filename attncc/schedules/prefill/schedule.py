@@ -49,6 +49,9 @@ def _tile_ok(config: Mapping[str, int]) -> bool:
 SPACE = ConfigSpace({"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4)},
                     valid=_tile_ok)
 
+# int32 pointers: the tile log and the block tables of a block-table plan (absent from other variants).
+_INT_TENSORS = ("TILE_LOG", "TBL_NUM", "TBL_IDX", "TBL_FULL_NUM", "TBL_FULL_IDX")
+
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 BWD_FLOP_FACTOR = 2.5  # dQ, dK, dV and the recomputed QK^T, relative to the forward
 
@@ -67,11 +70,11 @@ class PrefillSchedule(Schedule):
                    "tile by tile: masked tiles at segment edges, unmasked full tiles in between")
     kernels = (
         KernelDecl("attn_fwd", "fwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "O"), ("LSE",),
-                   ("TILE_LOG",)),
+                   _INT_TENSORS),
         KernelDecl("attn_bwd_dkdv", "bwd", "queries", "(cdiv(N, BLOCK_N), B*HK)",
-                   ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA"), ("TILE_LOG",)),
+                   ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA"), _INT_TENSORS),
         KernelDecl("attn_bwd_dq", "bwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "DO", "DQ"),
-                   ("LSE", "DELTA", "CG_row", "CG_full"), ("TILE_LOG",)),
+                   ("LSE", "DELTA", "CG_row", "CG_full"), _INT_TENSORS),
     )
     default_configs = DEFAULT_CONFIGS
 
