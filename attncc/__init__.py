@@ -38,9 +38,10 @@ from attncc.runtime.api import (  # noqa: E402
     flex_attention,
     load,
 )
+from attncc.runtime.blockmask import document_ids  # noqa: E402
 from attncc.version import __version__  # noqa: E402
 
 __all__ = [
     "AttnccError", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",
-    "__version__", "attention", "create_block_mask", "flex_attention", "load",
+    "__version__", "attention", "create_block_mask", "document_ids", "flex_attention", "load",
 ]

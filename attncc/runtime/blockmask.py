@@ -241,6 +241,23 @@ def _planned_visits(low: Any, mask: BlockMask, bm: int, bn: int) -> int:
     return st.visited if st is not None else -1
 
 
+def document_ids(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """FlashAttention-style ``cu_seqlens [D + 1]`` (int, starting at 0, non-decreasing) -> the
+    document id of every token, ``[1, total]`` int32 (tokens past the last offset get id D):
+    the ``doc`` capture of the ``document`` / ``document_causal`` specs."""
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1 \
+            or cu_seqlens.is_floating_point():
+        raise InputError("document_ids: cu_seqlens must be a 1-D integer tensor of offsets")
+    offsets = cu_seqlens.long()
+    if int(offsets[0]) != 0 or bool((offsets[1:] < offsets[:-1]).any()):
+        raise InputError("document_ids: cu_seqlens must start at 0 and never decrease")
+    total = int(offsets[-1]) if total is None else int(total)
+    if total < 0:
+        raise InputError(f"document_ids: total length must be >= 0, got {total}")
+    ids = torch.searchsorted(offsets[1:], torch.arange(total, device=offsets.device), right=True)
+    return ids.to(torch.int32).view(1, total)
+
+
 def create_block_mask(mask_mod: Callable[..., Any], B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
                       device: Any = None, BLOCK_SIZE: int | tuple[int, int] = 128, _compile: bool = False,
                       **_ignored: Any) -> BlockMask:

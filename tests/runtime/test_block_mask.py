@@ -103,3 +103,14 @@ def test_masks_from_block_scores_match_the_dense_reference(how: dict) -> None:
     assert not (keep & (n > m)).any(), "causal"
     ro, _ = masked_softmax_attention((q.double() @ k.double().transpose(-1, -2)) / D**0.5, keep, v.double())
     assert torch.allclose(o.double(), ro, atol=2e-5), f"{how}: o"
+
+
+def test_cu_seqlens_give_the_document_ids() -> None:
+    cu = torch.tensor([0, 30, 37, 87, 130], dtype=torch.int32)
+    doc = attncc.document_ids(cu)
+    assert doc.shape == (1, 130) and doc.dtype == torch.int32, doc.shape
+    assert torch.equal(doc, _doc_ids(1, 130, [30, 7, 50, 43])), "ids from offsets"
+    with pytest.raises(attncc.InputError, match="start at 0"):
+        attncc.document_ids(torch.tensor([1, 5]))
+    with pytest.raises(attncc.InputError, match="1-D integer"):
+        attncc.document_ids(torch.tensor([0.0, 5.0]))
