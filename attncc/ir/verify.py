@@ -83,24 +83,13 @@ def _verify_node(g: nx.DiGraph, node: str, d: dict, params: set[sp.Symbol]) -> N
 def _verify_merge(node: str, state: tuple[str, ...], rule: dict[str, sp.Basic]) -> None:
     """The merge rule is pairwise (inputs ``<s>_a``, ``<s>_b``), defines every state component,
     uses only inputs and earlier entries by name, and no uninterpreted function (so it prints)."""
-    known = {f"{s}_{side}" for s in state for side in "ab"}
-    for key, expr in rule.items():
-        unknown = {str(s) for s in expr.free_symbols} - known
-        if unknown:
-            raise IRError(f"online_softmax '{node}': merge entry '{key}' uses {sorted(unknown)}")
-        undefined = expr.atoms(sp.core.function.AppliedUndef)
-        if undefined:
-            raise IRError(f"online_softmax '{node}': merge entry '{key}' uses {sorted(map(str, undefined))}")
-        known.add(key)
-    missing = [s for s in state if s not in rule]
-    if missing:
-        raise IRError(f"online_softmax '{node}': merge does not define {missing}")
+    _verify_table(node, "merge", rule, {f"{s}_{side}" for s in state for side in "ab"}, frozenset(), state)
 
 
 def _verify_table(node: str, label: str, rule: dict[str, sp.Basic], known: set[str], functions: frozenset[str],
                   defines: tuple[str, ...]) -> None:
-    """An update/finalize table uses its inputs and earlier entries only, tile reductions only
-    where allowed, and defines ``defines``."""
+    """A rule table uses its inputs and earlier entries only, of the uninterpreted functions only
+    ``functions`` (tile reductions), and defines ``defines``."""
     known = set(known)
     for key, expr in rule.items():
         unknown = {str(s) for s in expr.free_symbols} - known

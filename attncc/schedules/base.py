@@ -124,7 +124,9 @@ class Schedule(ABC):
                  tiles: tuple[int, int] | None) -> Any:
         """``[row tiles, swept tiles]`` int8 block map of the main kernel at batch 0, head 0
         (0 not visited, 1 visited with the mask, 2 without); for ``attncc explain --plot``."""
-        raise NotImplementedError(f"the {self.name} schedule draws no block map")
+        from attncc.errors import InputError
+
+        raise InputError(f"--plot: the {self.name} schedule draws no block map")
 
     @abstractmethod
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
