@@ -64,31 +64,28 @@ class CompiledAttention:
         low = self.generated.lowered
         return low.schedule.prefers_block_table(low)
 
-    def block_tables_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: list[torch.Tensor],
-                         params: dict[str, Any], config: dict[str, int] | None) -> dict[str, Any]:
-        """Block tables of this spec's mask for one call, at the forward kernel's tile sizes
-        (interval reasoning on tile summaries, exact evaluation of undecided tiles:
+    def tables_for(self, q: torch.Tensor, k: torch.Tensor, captures: list[torch.Tensor], params: dict[str, Any],
+                   bm: int, bn: int) -> dict[str, Any]:
+        """Block tables of this spec's mask for q ``[B, H, M, D]``, k ``[B, HK, N, D]`` at tiles
+        ``bm x bn`` (interval reasoning on tile summaries, exact evaluation of undecided tiles:
         :mod:`attncc.passes.blocks`).  Rebuilt only when shapes, params or captured tensors change."""
         from attncc.passes.blocks import block_tables, classify_tiles
 
         B, H, M, D = q.shape
-        HK, N, E_ = k.shape[1], k.shape[2], v.shape[3]
-        cfg = {**self.config_for("fwd", q, k, v), **{key: val for key, val in (config or {}).items()
-                                                   if not key.startswith("bwd_")}}
-        bm, bn = int(cfg.get("fwd_BLOCK_M", cfg["BLOCK_M"])), int(cfg.get("fwd_BLOCK_N", cfg["BLOCK_N"]))
+        HK, N = k.shape[1], k.shape[2]
         low = self.generated.lowered
         values = {p.name: params.get(p.name, p.default) for p in low.variant.params}
         caps = dict(zip([c.name for c in low.variant.captures], captures, strict=True))
-        key = ((B, H, HK, M, N, D, E_, bm, bn), tuple(sorted(values.items())),
+        key = ((B, H, HK, M, N, bm, bn), tuple(sorted(values.items())),
                tuple((n, t.data_ptr(), t._version, tuple(t.shape)) for n, t in caps.items()))
         cached = self._tables.get(key)
         if cached is not None:
             return cached
-        sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "E": E_}
+        sizes = {"B": B, "H": H, "HK": HK, "M": M, "N": N, "D": D, "E": D}
         classes = classify_tiles(low.mask, sizes, {p.symbol: values[p.name] for p in low.variant.params},
-                                 caps, bm, bn)
+                                 {n: t.cpu() for n, t in caps.items()}, bm, bn)
         bt = block_tables(classes, bm, bn)
-        tables = {name: getattr(bt, name).to(q.device) for name in ops.TABLE_ORDER}
+        tables: dict[str, Any] = {name: getattr(bt, name).to(q.device) for name in ops.TABLE_ORDER}
         tables.update(block_m=bm, block_n=bn)
         self._tables = {key: tables}
         return tables

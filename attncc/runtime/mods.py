@@ -34,8 +34,8 @@ def call_mods(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Call
         compiled = compile_spec(spec)
         info = spec_info(compiled, tables is not None)
         captures = [tensors[c[0]] for c in info.captures]
-        if tables is None:
-            info, tables = auto_tables(compiled, info, q, k, v, captures, {}, config)
+    if tables is None:
+        info, tables = auto_tables(info, q, k, v, captures, {}, config)
     return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, tables=tables)
 
 

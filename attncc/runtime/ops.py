@@ -84,6 +84,7 @@ class SpecInfo(NamedTuple):
     params: tuple[tuple[str, str, float], ...]
     bare_indices: tuple[tuple[str, int, str], ...] = ()
     block_table: bool = False  # the variant whose kernels read block tables (see run(tables=...))
+    prefers_tables: bool = False  # calls build tables at launch (auto_tables): the compile-time plan is inexact
 
 
 _COMPILED: dict[str, CompiledAttention] = {}
@@ -103,6 +104,7 @@ def spec_info(compiled: CompiledAttention, block_table: bool = False) -> SpecInf
             captures=tuple((c.name, tuple(c.dims), c.dtype) for c in spec.captures.values()),
             params=tuple((p.name, p.kind, p.default) for p in spec.params.values()),
             bare_indices=_bare_indices(spec), block_table=block_table,
+            prefers_tables=compiled.prefers_block_table(),
         )
         _COMPILED[key] = compiled
         _INFO[key] = info
@@ -307,19 +309,62 @@ def run(info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captu
     return (o, lse) if return_lse else o
 
 
-def auto_tables(compiled: CompiledAttention, info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                captures: Sequence[torch.Tensor], params: Mapping[str, Any], config: Mapping[str, Any] | None,
+@torch._dynamo.assume_constant_result
+def table_variant(key: str) -> SpecInfo:
+    """The block-table variant of the compiled spec registered under ``key`` (a constant under Dynamo)."""
+    return spec_info(_COMPILED[key], True)
+
+
+@torch._dynamo.assume_constant_result
+def default_tiles(key: str, head_dim: int) -> tuple[int, int]:
+    """The forward kernel's default (BLOCK_M, BLOCK_N) at ``head_dim`` (a constant under Dynamo)."""
+    low = _COMPILED[key].generated.lowered
+    cfg = low.schedule.default_config(low.schedule.kernels[0].kind, head_dim)
+    return int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"])
+
+
+def auto_tables(info: SpecInfo, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, captures: Sequence[torch.Tensor],
+                params: Mapping[str, Any], config: Mapping[str, Any] | None,
                 ) -> tuple[SpecInfo, dict[str, Any] | None]:
-    """Eager calls of a variant whose compile-time plan would visit empty tiles build block tables
-    for the call (:meth:`CompiledAttention.block_tables_for`) and run its block-table variant;
-    otherwise ``(info, None)``.  Under torch.compile the compile-time plan runs."""
-    if torch.compiler.is_compiling() or not compiled.prefers_block_table():
+    """A variant whose compile-time plan would visit empty tiles (``info.prefers_tables``) runs its
+    block-table variant on tables built for the call by ``attncc::tables`` (eager and under
+    torch.compile), at the forward tile sizes of ``config`` or the schedule's defaults; otherwise
+    ``(info, None)``."""
+    if not info.prefers_tables:
         return info, None
     host.validate(info, q, k, v, captures)
     if host.is_empty(q, k):
         return info, None
-    tables = compiled.block_tables_for(q, k, v, list(captures), dict(params), dict(config) if config else None)
-    return spec_info(compiled, True), tables
+    cfg = host.config_for_kind(*host.encode_config(info.name, config), "fwd")
+    bm, bn = default_tiles(info.key, max(q.shape[3], v.shape[3]))
+    bm, bn = int(cfg.get("BLOCK_M", bm)), int(cfg.get("BLOCK_N", bn))
+    blocks = torch.ops.attncc.tables(info.key, q, k, list(captures), host.encode_params(info, params or {}), bm, bn)
+    tables: dict[str, Any] = dict(zip(TABLE_ORDER, blocks, strict=True))
+    tables.update(block_m=bm, block_n=bn)
+    return table_variant(info.key), tables
+
+
+@torch.library.custom_op("attncc::tables", mutates_args=(), schema=(
+    "(str key, Tensor q, Tensor k, Tensor[] captures, float[] params, int block_m, int block_n) -> Tensor[]"))
+def block_tables_op(key: str, q: torch.Tensor, k: torch.Tensor, captures: list[torch.Tensor], params: list[float],
+                    block_m: int, block_n: int) -> list[torch.Tensor]:
+    """Block tables (:data:`TABLE_ORDER`, int32) of spec ``key``'s mask for q ``[B, H, M, D]`` and
+    k ``[B, HK, N, D]`` at ``block_m x block_n`` (see :meth:`CompiledAttention.tables_for`)."""
+    compiled = _COMPILED[key]
+    names = [p.name for p in compiled.generated.lowered.variant.params]
+    tables = compiled.tables_for(q, k, list(captures), dict(zip(names, params, strict=True)), block_m, block_n)
+    return [tables[name].clone() for name in TABLE_ORDER]
+
+
+@block_tables_op.register_fake
+def _block_tables_fake(key: str, q: torch.Tensor, k: torch.Tensor, captures: list[torch.Tensor],
+                       params: list[float], block_m: int, block_n: int) -> list[torch.Tensor]:
+    free = _COMPILED[key].generated.lowered.mask.free_symbols
+    B = q.shape[0] if E.b in free else 1
+    H = q.shape[1] if E.h in free else 1
+    tm, tn = -(-q.shape[2] // block_m), -(-k.shape[2] // block_n)
+    shapes = [(B, H, tm), (B, H, tm, tn)] * 2 + [(B, H, tn), (B, H, tn, tm)] * 2
+    return [q.new_empty(shape, dtype=torch.int32) for shape in shapes]
 
 
 def call_compiled(compiled: CompiledAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -328,6 +373,6 @@ def call_compiled(compiled: CompiledAttention, q: torch.Tensor, k: torch.Tensor,
     """``CompiledAttention.__call__``: captured tensors and params by keyword."""
     info = spec_info(compiled)
     captures, params = host.split_kwargs(info, kwargs)
-    info, tables = auto_tables(compiled, info, q, k, v, captures, params, config)
+    info, tables = auto_tables(info, q, k, v, captures, params, config)
     return run(info, q, k, v, captures, scale=scale, return_lse=return_lse, config=config, params=params,
                tables=tables)

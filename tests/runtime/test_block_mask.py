@@ -65,7 +65,7 @@ def test_document_mask_builds_tables_at_launch_and_visits_only_nonempty_tiles(N:
     keep = ((n <= m) & (doc[0].view(-1, 1) == doc[0].view(1, -1))).expand(B, H, N, N)
     ro, _ = masked_softmax_attention((q.double() @ k.double().transpose(-1, -2)) / D**0.5, keep, v.double())
     assert torch.allclose(o.double(), ro, atol=2e-5), "document_causal o"
-    tables = fn.block_tables_for(q, k, v, [doc], {}, TILES)
+    tables = fn.tables_for(q, k, [doc], {}, TILES["BLOCK_M"], TILES["BLOCK_N"])
     module = fn.module_for(fn.generated_for(True).key)
     log = torch.zeros(module.tile_log_shape("attn_fwd", B, H, N, N, TILES), dtype=torch.int32)
     module.attention_forward(q, k, v, config=TILES, captures={"doc": doc}, block_tables=tables, tile_log=log)
@@ -114,3 +114,23 @@ def test_cu_seqlens_give_the_document_ids() -> None:
         attncc.document_ids(torch.tensor([1, 5]))
     with pytest.raises(attncc.InputError, match="1-D integer"):
         attncc.document_ids(torch.tensor([0.0, 5.0]))
+
+
+def test_tables_are_built_under_torch_compile_too() -> None:
+    """A document mask under torch.compile(fullgraph=True): the tables come from the attncc::tables
+    op inside the graph, and the result equals eager."""
+    fn = attncc.load("document_causal")
+    B, H, N, D = 1, 2, 77, 16
+    doc = _doc_ids(B, N, [30, 7, 40])
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(B, H, N, D, generator=gen) for _ in range(3))
+    seen: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list) -> object:
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    run = torch.compile(lambda q, k, v, doc: fn(q, k, v, doc=doc, config=TILES), backend=backend, fullgraph=True)
+    out = run(q, k, v, doc)
+    assert torch.equal(out, fn(q, k, v, doc=doc, config=TILES)), "compiled != eager"
+    assert any("attncc.tables" in t for t in seen), f"no attncc::tables in the graph: {seen}"
