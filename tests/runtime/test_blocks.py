@@ -376,7 +376,7 @@ def test_mass_tables_take_the_fewest_tiles_reaching_the_threshold(threshold: flo
 @pytest.mark.parametrize("name", ["document-unsorted-causal", "per-batch-documents", "per-head-window", "modality"])
 def test_small_chunks_give_the_same_tables(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The interval step, the tile summaries and the tables in chunks of a few rows."""
-    from attncc.runtime import blocks
+    from attncc.passes import blocks
     L, bm, bn = 130, 16, 8
     pred, params, caps, dense, extra = _case(name, L)
     want = brute_classes(dense.expand(extra.get("B", 1), extra.get("H", 1), L, L), bm, bn)
