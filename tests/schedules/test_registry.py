@@ -67,9 +67,15 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
         assert hasattr(fn.module, decl.name), f"{decl.name}: not in the generated module"
         plan = low.plan(decl.name)
         assert plan.kind in EMITTERS and plan.swept == decl.sweeps, f"{decl.name}: plan {plan.kind} over {plan.swept}"
-        arg_names = getattr(fn.module, decl.name).arg_names
+        variants = [getattr(fn.module_for(fn.generated_for(t).key), decl.name).arg_names for t in (False, True)]
         for ptr in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors):
-            assert ptr in arg_names, f"{decl.name}: declared tensor {ptr} is not an argument"
+            assert any(ptr in args for args in variants), f"{decl.name}: declared tensor {ptr} is not an argument"
+        for args in variants:  # every pointer argument of every variant has a declared dtype
+            pointers = [a for a in args if a.isupper() or a.startswith("CG_")]
+            undeclared = [a for a in pointers if a not in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors)
+                          and not a.startswith(("HEAD_", "BLOCK_", "DOT_", "WRITE_", "LOG_", "TBL_ROW", "TBL_COL"))
+                          and a not in ("B", "H", "HK", "M", "N")]
+            assert not undeclared, f"{decl.name}: pointer arguments without a declared dtype: {undeclared}"
     shape = Shape.of(2, 4, 1000, 1000, 64)
     for kind in schedule.kinds:
         space = schedule.space(kind)
