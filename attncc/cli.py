@@ -131,19 +131,25 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
 @click.argument("spec")
 @click.option("--shape", default=None, help="B,H,M,N,D[,E] for tile statistics")
 @click.option("--param", "params", multiple=True, help="spec parameter NAME=VALUE")
+@click.option("--capture", "captures", multiple=True,
+              help="integer id capture NAME=runs:LEN[,LEN...][%K] for the tile statistics (e.g. doc=runs:1024)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False, writable=True),
               help="draw the forward kernel's block map (batch 0, head 0) to FILE.png (needs --shape, matplotlib)")
-def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool, plot: str | None) -> None:
+def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tuple[str, ...], as_json: bool,
+            plot: str | None) -> None:
     """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
     from attncc.runtime.api import load
     from attncc.runtime.explain import explain as run_explain
-    from attncc.runtime.explain import format_explain
+    from attncc.runtime.explain import format_explain, run_captures
 
     fn = load(spec)
     dims = parse_shape(shape)
     values = _checked_params(fn.spec, parse_params(params))
-    info = run_explain(fn.spec, fn.generated.lowered, dims, values)
+    if captures and dims is None:
+        raise click.UsageError("--capture needs --shape")
+    tensors = run_captures(fn.generated.lowered.variant, captures, dims) if dims else {}
+    info = run_explain(fn.spec, fn.generated.lowered, dims, values, captures=tensors)
     click.echo(json.dumps(info, indent=2) if as_json else format_explain(info))
     if plot is not None:
         if dims is None:
@@ -151,7 +157,7 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], as_json: bool
         from attncc.runtime.plot import plot_tile_map
 
         low = fn.generated.lowered
-        plot_tile_map(low.schedule.tile_map(low, dims, values, None), Path(plot), f"{fn.spec.name} {shape}")
+        plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{fn.spec.name} {shape}")
         click.echo(f"wrote {plot}", err=True)
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
+
+from attncc.errors import InputError
 from attncc.ir.build import build_cascade
 from attncc.ir.graph import describe, sweeps_over
+from attncc.ir.variant import Variant
 from attncc.passes.lowered import Lowered
-from attncc.spec.model import Spec
+from attncc.spec.model import CaptureDecl, Spec
 
 
 def explain(spec: Spec, low: Lowered, shape: tuple[int, ...] | None, params: dict[str, Any] | None = None,
-            tiles: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Everything ``attncc explain`` prints, as data (the schedule section from ``low.schedule.explain``)."""
+            tiles: tuple[int, int] | None = None, captures: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Everything ``attncc explain`` prints, as data (the schedule section from ``low.schedule.explain``;
+    ``captures`` gives values of captured tensors, e.g. from :func:`run_captures`)."""
     naive = build_cascade(spec)
     out: dict[str, Any] = {
         "spec": low.variant.name, "description": low.variant.description,
@@ -21,8 +27,51 @@ def explain(spec: Spec, low: Lowered, shape: tuple[int, ...] | None, params: dic
         "passes_over_n": {"before": sweeps_over(naive, "n"), "after": sweeps_over(low.graph, "n")},
         "lowered": describe(low.graph),
     }
-    out.update(low.schedule.explain(low, shape, params or {}, tiles))
+    out.update(low.schedule.explain(low, shape, params or {}, tiles, captures or {}))
     return out
+
+
+def run_captures(variant: Variant, items: Sequence[str], shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Integer id tensors described as runs, for the tile statistics of masks that read captures.
+
+    Each item is ``NAME=runs:L1[,L2,...][%K]``: consecutive runs of L1, L2, ... tokens (the list
+    repeats until it covers max(M, N) tokens of ``shape = (B, H, M, N, ...)``); run i holds id i,
+    or i mod K with ``%K`` (``runs:256,768%2`` alternates 256 zeros and 768 ones).  The tensor has
+    the capture's rank: B for a dimension named ``b``, H for ``h``, the tokens last.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        where = f"--capture {item}"
+        decl = next((c for c in variant.captures if c.name == name), None)
+        if not sep or decl is None:
+            names = ", ".join(c.name for c in variant.captures) or "none"
+            raise InputError(f"{where}: expected NAME=runs:LEN,... with NAME one of the captures ({names})")
+        out[name] = _runs_tensor(decl, text, shape, where)
+    return out
+
+
+def _runs_tensor(decl: CaptureDecl, text: str, shape: tuple[int, ...], where: str) -> torch.Tensor:
+    body, _, mod = text.removeprefix("runs:").partition("%")
+    try:
+        lengths, modulus = [int(x) for x in body.split(",")], int(mod) if mod else None
+    except ValueError:
+        raise InputError(f"{where}: expected runs:LEN[,LEN...][%K] with integers") from None
+    if not text.startswith("runs:") or min(lengths) < 1 or (modulus is not None and modulus < 1):
+        raise InputError(f"{where}: expected runs:LEN[,LEN...][%K] with positive integers")
+    if "int" not in decl.dtype:
+        raise InputError(f"{where}: {decl.name} holds {decl.dtype}; runs describe integer ids")
+    B, H, M, N = shape[:4]
+    sizes = {"b": B, "h": H}
+    if any(d not in sizes for d in decl.dims[:-1]):
+        raise InputError(f"{where}: {decl.name} [{' '.join(decl.dims)}] is not a per-token id vector")
+    tokens = max(M, N)
+    reps = -(-tokens // sum(lengths))
+    ids = torch.repeat_interleave(torch.arange(reps * len(lengths)), torch.tensor(lengths * reps))[:tokens]
+    if modulus is not None:
+        ids = ids % modulus
+    lead = [sizes[d] for d in decl.dims[:-1]]
+    return ids.to(torch.int32).view(*[1] * len(lead), tokens).expand(*lead, tokens).contiguous()
 
 
 def format_explain(info: dict[str, Any]) -> str:

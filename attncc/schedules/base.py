@@ -121,14 +121,16 @@ class Schedule(ABC):
         (``q``, ``k``, ``v`` tensors) through the generated ``module`` (for timing)."""
 
     def tile_map(self, low: Lowered, shape: tuple[int, ...], params: Mapping[str, Any],
-                 tiles: tuple[int, int] | None) -> Any:
+                 tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> Any:
         """``[row tiles, swept tiles]`` int8 block map of the main kernel at batch 0, head 0
-        (0 not visited, 1 visited with the mask, 2 without); for ``attncc explain --plot``."""
+        (0 not visited, 1 visited with the mask, 2 without); for ``attncc explain --plot``.
+        ``captures``: ``{name: tensor}`` values of captured tensors the mask reads, if known."""
         from attncc.errors import InputError
 
         raise InputError(f"--plot: the {self.name} schedule draws no block map")
 
     @abstractmethod
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
-                tiles: tuple[int, int] | None) -> dict[str, Any]:
-        """This schedule's section of ``attncc explain`` (plain data)."""
+                tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """This schedule's section of ``attncc explain`` (plain data); ``captures`` as for
+        :meth:`tile_map`."""

@@ -143,20 +143,38 @@ def _windows(fn: Any) -> int:
     return len(windows)
 
 
+def _documents(fn: Any) -> int:
+    """Packed documents that change between calls (new block tables, built at launch, every call),
+    at two total lengths (77, and 64 which Triton would specialize on)."""
+    splits = ([77], [30, 47], [10, 20, 47], [1, 1, 75], [63, 1])
+    for lengths in splits:
+        n = sum(lengths)
+        doc = torch.cat([torch.full((x,), i, dtype=torch.int32) for i, x in enumerate(lengths)]).view(1, n)
+        _fwd_bwd(fn, 1, n, n, doc=doc)
+    return len(splits)
+
+
 # workload -> (spec, launcher returning the number of fwd+bwd calls, the kernel parameters it varies)
 WORKLOADS: dict[str, tuple[str, Callable[[Any], int], tuple[str, ...]]] = {
     "lengths": ("causal", _lengths, ("M", "N")),
     "batch": ("causal", _batches, ("B",)),
     "params": ("sliding_window", _windows, ("p_window",)),
+    "tables": ("document_causal", _documents, ("M", "N")),
 }
+
+
+def _probed_module(fn: Any) -> Any:
+    """The module a call of ``fn`` launches: the block-table variant for masks that take tables."""
+    return fn.module_for(fn.generated_for(True).key) if fn.prefers_block_table() else fn.module
 
 
 @pytest.mark.parametrize("workload", [pytest.param(w, id=w) for w in WORKLOADS])
 def test_new_lengths_do_not_recompile(monkeypatch: pytest.MonkeyPatch, workload: str) -> None:
-    """Lengths 1..1024 (also M != N), batch 1 vs 3 and int param values reuse one binary per kernel."""
+    """Lengths 1..1024 (also M != N), batch 1 vs 3, int param values and new block tables (documents
+    that change between calls) reuse one binary per kernel."""
     spec, run, _ = WORKLOADS[workload]
     fn = attncc.load(spec)
-    probe = _CompileProbe(monkeypatch, fn.module)
+    probe = _CompileProbe(monkeypatch, _probed_module(fn))
     calls = run(fn)
     for kernel, keys in probe.compiles.items():
         assert len(keys) == 1, f"{spec}.{kernel}: {len(keys)} compilations over {calls} {workload}:\n" + "\n".join(keys)
@@ -169,7 +187,7 @@ def test_compile_probe_sees_specialized_arguments(monkeypatch: pytest.MonkeyPatc
     generated source did not list them), the same launches make Triton compile more than once."""
     spec, run, varied = WORKLOADS[workload]
     fn = attncc.load(spec)
-    probe = _CompileProbe(monkeypatch, fn.module, specialize=varied)
+    probe = _CompileProbe(monkeypatch, _probed_module(fn), specialize=varied)
     calls = run(fn)
     for kernel, keys in probe.compiles.items():
         assert 1 < len(keys) <= calls, f"{spec}.{kernel}: {len(keys)} compilations with {varied} specialized"

@@ -65,9 +65,12 @@ class _Context:
             self.extra += [f"{cap.name}_stride{i}" for i in range(cap.ndim)]
             self.extra += [f"{cap.name}_size{i}" for i in range(cap.ndim)]
         self.extra += [f"p_{p.name}" for p in variant.params]
-        # Scalars Triton must not turn into constants when they equal 1 (lengths, params, capture sizes).
+        # Scalars Triton must not specialise (on == 1 or on divisibility by 16), since they change with
+        # the lengths: int params, capture sizes and a capture's outer strides (a contiguous capture's
+        # last stride is 1 and stays specialised).
         self.scalar_ints = [f"p_{p.name}" for p in variant.params if p.kind == "int"]
         self.scalar_ints += [f"{c.name}_size{i}" for c in variant.captures for i in range(c.ndim)]
+        self.scalar_ints += [f"{c.name}_stride{i}" for c in variant.captures for i in range(c.ndim - 1)]
         self.all = ", ".join(["sm_scale", "B", "H", "HK", "M", "N", *self.extra])
         self.hooks = f"{self.all}, HEAD_D, HEAD_E"  # what score_mod / mask_mod receive
         base: dict[sp.Symbol, str] = {E.b: "off_b", E.h: "off_h", E.scale: "sm_scale"}

@@ -148,14 +148,14 @@ class PrefillSchedule(Schedule):
         return lambda: module.attention_backward(q, k, v, o, lse, do, config=cfg, captures=caps, **params)
 
     def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
-                tiles: tuple[int, int] | None) -> dict[str, Any]:
-        return explain_section(self, low, shape, params, tiles)
+                tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return explain_section(self, low, shape, params, tiles, captures or {})
 
     def tile_map(self, low: Lowered, shape: tuple[int, ...], params: Mapping[str, Any],
-                 tiles: tuple[int, int] | None) -> Any:
+                 tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> Any:
         cfg = self.default_config("fwd", shape[4])
         bm, bn = tiles or (cfg["BLOCK_M"], cfg["BLOCK_N"])
-        return tile_map(low, shape, bm, bn, params, self.prefers_block_table(low))
+        return tile_map(low, shape, bm, bn, params, self.prefers_block_table(low), captures or {})
 
     def _check_kind(self, kind: str) -> str:
         if kind not in self.kinds:

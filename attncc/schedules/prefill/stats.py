@@ -103,8 +103,9 @@ def _row_tiles(low: Lowered, plan: Plan, sizes: Mapping[str, int], values: Mappi
 
 
 def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
-                    tiles: tuple[int, int] | None) -> dict[str, Any]:
-    """``schedule``, ``plans`` and (for a shape) ``shape``/``tiles`` entries of ``attncc explain``."""
+                    tiles: tuple[int, int] | None, captures: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """``schedule``, ``plans`` and (for a shape) ``shape``/``tiles`` entries of ``attncc explain``;
+    tile counts of a mask reading captured tensors need their values in ``captures``."""
     analysis = low.mask_keys
     out: dict[str, Any] = {
         "schedule": {"name": schedule.name, "description": schedule.description,
@@ -124,11 +125,13 @@ def explain_section(schedule: Schedule, low: Lowered, shape: tuple[int, ...] | N
     except (RuntimeError, OverflowError) as exc:  # torch integer overflow on huge sizes or params
         raise InputError(f"--shape/--param: tile statistics overflow ({str(exc).splitlines()[0]})") from None
     out["shape"] = dict(zip("BHMNDE", shape, strict=False))
-    if schedule.prefers_block_table(low) and not E.loads(low.mask):
-        out["tiles"] = table_stats(low, shape, bm, bn, params)
+    missing = _missing_captures(low, captures)
+    if schedule.prefers_block_table(low) and not missing:
+        out["tiles"] = table_stats(low, shape, bm, bn, params, captures)
         return out
     if st is None:
-        why = ("depends on captured tensor values" if E.loads(low.mask)
+        why = (f"depends on captured tensor values (give {', '.join(missing)} with --capture NAME=runs:LEN,...)"
+               if missing
                else f"not computed: more than {MAX_QUERY_TILES} query tiles (over the batches/heads the mask reads)")
     out["tiles"] = {**asdict(st), "plan": "segments", "tiles_visited": st.visited,
                     "tiles_nonempty": st.non_empty} if st else why
@@ -140,12 +143,18 @@ def _sizes(shape: tuple[int, ...]) -> dict[str, int]:
     return {"B": B, "H": H, "HK": H, "M": M, "N": N, "D": D, "E": shape[5] if len(shape) > 5 else D}
 
 
-def table_stats(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Mapping[str, Any]) -> dict[str, Any]:
+def _missing_captures(low: Lowered, captures: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the captured tensors the mask reads that ``captures`` does not give."""
+    return sorted({ld.tensor_name for ld in E.loads(low.mask)} - set(captures))
+
+
+def table_stats(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Mapping[str, Any],
+                captures: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Tile counts when calls build block tables at launch: the kernel visits exactly the
     non-empty tiles of the exact classification (:func:`attncc.passes.blocks.classify_tiles`)."""
     B, H = shape[:2]
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
-    classes = classify_tiles(low.mask, _sizes(shape), values, {}, bm, bn).expand(B, H, -1, -1)
+    classes = classify_tiles(low.mask, _sizes(shape), values, captures, bm, bn).expand(B, H, -1, -1)
     full, partial = int((classes == 2).sum()), int((classes == 1).sum())
     return {"block_m": bm, "block_n": bn, "total": classes.numel(), "visited": full + partial, "full": full,
             "partial": partial, "non_empty": full + partial, "plan": "block_table (built at launch)",
@@ -153,13 +162,17 @@ def table_stats(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: 
 
 
 def tile_map(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Mapping[str, Any],
-             table: bool) -> torch.Tensor:
+             table: bool, captures: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Classes of the forward kernel's tiles at batch 0, head 0: ``[Tm, Tn]`` int8, 0 not visited,
     1 visited with the mask, 2 visited without it (the block table's classes when ``table``)."""
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
     sizes = _sizes(shape)
     if table:
-        return classify_tiles(low.mask, {**sizes, "B": 1, "H": 1}, values, {}, bm, bn)[0, 0]
+        missing = _missing_captures(low, captures)
+        if missing:
+            raise InputError(f"--plot: the mask reads captured tensors; give {', '.join(missing)} with "
+                             "--capture NAME=runs:LEN,...")
+        return classify_tiles(low.mask, {**sizes, "B": 1, "H": 1}, values, captures, bm, bn)[0, 0]
     plan = low.plan("attn_fwd")
     M, N = sizes["M"], sizes["N"]
     out = torch.zeros(_cdiv(M, bm), _cdiv(N, bn), dtype=torch.int8)
