@@ -207,9 +207,10 @@ class _Intervals:
     def _load(self, e: E.Load) -> Interval:
         vars_ = frozenset().union(*(i.free_symbols for i in e.indices)) & self.varying
         integer = bool(e.is_integer)
-        if e in self.summaries:
-            lo, hi = (_f(x) for x in self.summaries[e])
-            return _finish(e, lo, hi, 1 if integer else 0, vars_)
+        if e in self.summaries:  # (min, max) attained in each box, or (lo, hi, 0): bounds only
+            lo, hi, *attained = self.summaries[e]
+            level = 1 if integer and (not attained or attained[0]) else 0
+            return _finish(e, _f(lo), _f(hi), level, vars_)
         t = self.captures.get(e.tensor_name)
         if t is None or t.numel() == 0:
             return widest(vars_)

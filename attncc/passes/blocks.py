@@ -9,8 +9,9 @@ FlexAttention: kernels skip the mask arithmetic, bounds checks included, only on
 (``m`` over the tile's rows, ``n`` over its columns, exact ``b`` and ``h``) and the
 predicate is evaluated on intervals (:mod:`attncc.ir.intervals`), captured tensors indexed
 by bare ``m`` / ``n`` (or ``b``, ``h``, constants) entering through their minimum and maximum
-over each tile.  Second, the tiles that this leaves undecided are evaluated elementwise
-(:func:`attncc.ir.evaluate.evaluate`), in chunks.  :func:`block_tables` turns the classes
+over each tile.  Second, the tiles that this leaves undecided are bisected into smaller boxes
+decided on intervals again, down to boxes of a few elements evaluated elementwise
+(:mod:`attncc.passes.refine`).  :func:`block_tables` turns the classes
 into the kernel's lists; :func:`tables_from_flex` reads FlexAttention's layout;
 :func:`topk_tables` and :func:`mass_tables` select key tiles from per-tile scores.
 """
@@ -26,12 +27,11 @@ import torch
 
 from attncc.errors import InputError
 from attncc.ir import expr as E
-from attncc.ir.evaluate import evaluate
 from attncc.ir.intervals import decide
+from attncc.passes.refine import refine
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 _UNDECIDED = 3
-CHUNK_ELEMENTS = 1 << 21  # elements per fallback chunk
 # Tiles per chunk of the interval step and of the table construction: memory stays O(chunk),
 # and each torch operation stays under torch's parallel grain size (32768), whose thread
 # hand-offs cost more than these small operations on a busy machine.
@@ -107,19 +107,17 @@ def _cdiv(a: int, b: int) -> int:
 # --- classification -------------------------------------------------------------------------
 def classify_tiles(mask: sp.Basic | bool, sizes: Mapping[str, int], params: Mapping[sp.Symbol, Any],
                    captures: Mapping[str, torch.Tensor], block_m: int, block_n: int, *,
-                   stats: ClassifyStats | None = None, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                   stats: ClassifyStats | None = None) -> torch.Tensor:
     """Classes ``[B, H, Tm, Tn]`` (int8: 0 empty, 1 partial, 2 full) of a mask predicate.
 
     ``mask``: a predicate in the IR vocabulary; ``sizes``: ``{"M": .., "N": .., "B": .., "H": ..,
     ...}`` (``B``/``H`` needed only when the mask reads ``b``/``h``; the result has 1 there
     otherwise); ``params``: ``{param symbol: value}``; ``captures``: ``{name: tensor}``.  Equal
-    to evaluating the predicate at every element; elementwise work only on the tiles the
-    interval step leaves undecided, ``chunk_elements`` at a time.  ``stats``, when given, is
-    filled in.
+    to evaluating the predicate at every element; elementwise work only on small boxes of the
+    tiles the interval step leaves undecided.  ``stats``, when given, is filled in.
     """
     fn = "classify_tiles"
     bm, bn = _positive_int(block_m, "block_m", fn), _positive_int(block_n, "block_n", fn)
-    _positive_int(chunk_elements, "chunk_elements", fn)
     pred = sp.true if mask is True else sp.false if mask is False else mask
     if not isinstance(pred, (sp.logic.boolalg.BooleanAtom, sp.logic.boolalg.BooleanFunction,
                              sp.core.relational.Relational, sp.Piecewise)):
@@ -141,7 +139,7 @@ def classify_tiles(mask: sp.Basic | bool, sizes: Mapping[str, int], params: Mapp
     und = torch.cat(undecided)
     if stats is not None:
         stats.tiles, stats.fallback_tiles, stats.fallback = classes.numel(), int(und.shape[0]), und
-    elements = _fallback(pred, env, captures, dims, bm, bn, classes, und, chunk_elements)
+    elements = _fallback(pred, env, captures, summaries, dims, bm, bn, classes, und)
     if stats is not None:
         stats.fallback_elements = elements
     _cut_tiles_partial(classes, dims["M"], dims["N"], bm, bn)
@@ -282,28 +280,16 @@ def _reduce_tiles(x: torch.Tensor, dim: int, block: int, reduce: Any, pad: float
 
 
 def _fallback(pred: sp.Basic, env: Mapping[sp.Symbol, Any], captures: Mapping[str, torch.Tensor],
-              dims: Mapping[str, int], bm: int, bn: int, classes: torch.Tensor, undecided: torch.Tensor,
-              chunk_elements: int) -> int:
-    """Evaluate the undecided tiles elementwise, in place; returns the elements evaluated."""
+              summaries: Mapping[sp.Basic, tuple[torch.Tensor, torch.Tensor]], dims: Mapping[str, int],
+              bm: int, bn: int, classes: torch.Tensor, undecided: torch.Tensor) -> int:
+    """Classify the undecided tiles by bisection (:func:`attncc.passes.refine.refine`), in place;
+    returns the elements evaluated one by one."""
     if undecided.shape[0] == 0:
         return 0
-    per_chunk = max(1, chunk_elements // (bm * bn))
-    rows, cols = torch.arange(bm).view(1, bm, 1), torch.arange(bn).view(1, 1, bn)
-    flat = classes.view(-1)
-    strides = torch.tensor(classes.stride())
-    for start in range(0, undecided.shape[0], per_chunk):
-        tiles = undecided[start:start + per_chunk]
-        bi, hi, ti, tj = (tiles[:, k].view(-1, 1, 1) for k in range(4))
-        m, n = ti * bm + rows, tj * bn + cols
-        valid = (m < dims["M"]) & (n < dims["N"])
-        point_env = {**env, E.b: bi, E.h: hi, E.m: m.clamp(max=dims["M"] - 1), E.n: n.clamp(max=dims["N"] - 1)}
-        value = torch.as_tensor(evaluate(pred, point_env, captures), dtype=torch.bool)
-        value = value.expand(tiles.shape[0], bm, bn)
-        anyv = (value & valid).flatten(1).any(1)
-        allv = (value | ~valid).flatten(1).all(1)
-        cls = torch.where(allv, FULL, torch.where(anyv, PARTIAL, EMPTY)).to(torch.int8)
-        flat[(tiles * strides).sum(1)] = cls
-    return int(undecided.shape[0]) * bm * bn
+    some_true, some_false, elements = refine(pred, env, captures, summaries, dims, bm, bn, undecided)
+    cls = torch.where(some_true & some_false, PARTIAL, torch.where(some_true, FULL, EMPTY)).to(torch.int8)
+    classes.view(-1)[(undecided * torch.tensor(classes.stride())).sum(1)] = cls
+    return elements
 
 
 # --- tables ----------------------------------------------------------------------------------
