@@ -15,7 +15,7 @@ Occupancy (blocks resident per SM)::
 Waves and padding::
 
     programs = grid size of the kind (fwd: B*H*ceil(M/BLOCK_M); bwd: B*H*ceil(N/BLOCK_N);
-               decode: B*H*NUM_SPLITS; recurrence: B*H*ceil(D/BLOCK_K)*ceil(E/BLOCK_V))
+               decode: min(key tiles, 132) persistent programs; recurrence: B*H*ceil(D/BLOCK_K)*ceil(E/BLOCK_V))
     waves    = ceil(programs / (SMs * blocks_per_sm))          # tail effect: partial waves cost a full one
     padding  = work done on padded tiles / useful work (>= 1)
 
@@ -27,7 +27,7 @@ Time of one wave on one SM, with ``k = min(blocks_per_sm, ceil(programs / SMs))`
                                                        # mma_factor 0.6 on sm_90 without wgmma, 0.7 if serialized
     m_eff    = min(1, k * num_warps * num_stages / 16)  # loads in flight hide DRAM latency
     loop     = 0.02 us * inner iterations per program   # fwd: N/BLOCK_N, bwd: M/BLOCK_M,
-                                                        # decode: N/(NUM_SPLITS*BLOCK_N), recurrence: M/CHUNK
+                                                        # decode: key tiles / programs, recurrence: M/CHUNK
     wave     = max(compute, memory) + loop + 1 us + 0.25 us * num_stages   # + program start, pipeline fill
 
 Estimated time::
@@ -139,26 +139,14 @@ def blocks_per_sm(report: KernelReport, num_warps: int, spec: TargetSpec) -> int
     return max(0, min(spec.max_blocks_per_sm, by_regs, by_smem, by_threads))
 
 
-# Kinds of the schedules still to come (issues 10, 11): their grid and loop models live here until
+# Kinds of the schedules still to come (issue 11): their grid and loop models live here until
 # their Schedule objects do.  Every registered schedule's kinds use the schedule's own model.
-def _decode_programs(shape: Shape, config: Mapping[str, int]) -> int:
-    return shape.B * shape.H * config["NUM_SPLITS"]
-
-
 def _recurrence_programs(shape: Shape, config: Mapping[str, int]) -> int:
     return shape.B * shape.H * _cdiv(shape.D, config["BLOCK_K"]) * _cdiv(shape.E, config["BLOCK_V"])
 
 
-def _decode_padding(shape: Shape, config: Mapping[str, int]) -> float:
-    return _pad(shape.N, config["BLOCK_N"] * config["NUM_SPLITS"])
-
-
 def _recurrence_padding(shape: Shape, config: Mapping[str, int]) -> float:
     return _pad(shape.M, config["CHUNK"]) * _pad(shape.D, config["BLOCK_K"]) * _pad(shape.E, config["BLOCK_V"])
-
-
-def _decode_iterations(shape: Shape, config: Mapping[str, int]) -> int:
-    return _cdiv(shape.N, config["NUM_SPLITS"] * config["BLOCK_N"])
 
 
 def _recurrence_iterations(shape: Shape, config: Mapping[str, int]) -> int:
@@ -166,7 +154,6 @@ def _recurrence_iterations(shape: Shape, config: Mapping[str, int]) -> int:
 
 
 _UNSCHEDULED: dict[str, tuple[Any, Any, Any]] = {
-    "decode": (_decode_programs, _decode_padding, _decode_iterations),
     "recurrence": (_recurrence_programs, _recurrence_padding, _recurrence_iterations),
 }
 

@@ -28,11 +28,6 @@ def config_to_str(config: Mapping[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in config.items())
 
 
-def _decode_ok(config: Mapping[str, int]) -> bool:
-    """A key block must give every thread of the program at least one element per row of D."""
-    return config["BLOCK_N"] * 8 >= 32 * config["num_warps"]
-
-
 def _recurrence_ok(config: Mapping[str, int]) -> bool:
     """The fp32 state tile BLOCK_K x BLOCK_V must fit in at most 128 registers per thread."""
     threads = 32 * config["num_warps"]
@@ -45,19 +40,10 @@ _TILES = (16, 32, 64, 128)
 _WARPS = (2, 4, 8)
 _STAGES = (1, 2, 3, 4)
 
-# Kinds of registered schedules take their space from the schedule; decode and recurrence are the
-# kinds of the schedules still to come (issues 10 and 11): their spaces are declared here until then.
+# Kinds of registered schedules take their space from the schedule; recurrence is the kind of the
+# schedule still to come (issue 11): its space is declared here until then.
 SPACES: dict[str, ConfigSpace] = {
     **{kind: sched.space(kind) for sched in SCHEDULES for kind in sched.kinds},
-    "decode": ConfigSpace(
-        {
-            "BLOCK_N": (16, 32, 64, 128, 256),
-            "NUM_SPLITS": (1, 2, 4, 8, 16, 32),
-            "num_warps": (1, 2, 4, 8),
-            "num_stages": _STAGES,
-        },
-        valid=_decode_ok,
-    ),
     "recurrence": ConfigSpace(
         {
             "CHUNK": _TILES,
@@ -90,18 +76,12 @@ def validate_config(kind: str, config: object, space: ConfigSpace | None = None)
     return {name: int(config[name]) for name in space.names}
 
 
-def _decode_default(head_dim: int, dtype: str) -> Config:
-    block_n = 64 if head_dim <= 128 else 32
-    return {"BLOCK_N": block_n, "NUM_SPLITS": 4, "num_warps": 4, "num_stages": 2}
-
-
 def _recurrence_default(head_dim: int, dtype: str) -> Config:
     block = 64 if head_dim >= 64 else 32
     return {"CHUNK": 64, "BLOCK_K": block, "BLOCK_V": block, "num_warps": 4, "num_stages": 2}
 
 
 _DEFAULTS: dict[str, Callable[[int, str], Config]] = {
-    "decode": _decode_default,
     "recurrence": _recurrence_default,
 }
 

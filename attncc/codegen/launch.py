@@ -172,6 +172,17 @@ def default_scale(scale: float | None, D: int) -> float:
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
+def tile_log_arg(tile_log: torch.Tensor | None, shape: tuple, dummy: torch.Tensor) -> tuple:
+    """(pointer argument, LOG_TILES) for an optional tile log (a zeroed int32 tensor of ``shape``
+    counting a kernel's tile visits; ``dummy`` stands in when there is none)."""
+    if tile_log is None:
+        return dummy, False
+    if tile_log.dtype != torch.int32 or tuple(tile_log.shape) != tuple(shape) or not tile_log.is_contiguous():
+        raise LaunchError(f"tile_log must be a contiguous int32 tensor of shape {tuple(shape)}, "
+                          f"got {tile_log.dtype} {tuple(tile_log.shape)}")
+    return tile_log, True
+
+
 # --- launch configs -------------------------------------------------------------------------------
 
 def table_config(table: dict, head_dim: int, kind: str) -> dict:

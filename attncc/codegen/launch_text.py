@@ -1,4 +1,6 @@
-"""The text of the host launch layer (:mod:`attncc.codegen.launch`) as emitted into generated modules."""
+"""Host code emitted as text into generated modules: the launch layer (:mod:`attncc.codegen.launch`)
+and any schedule's own host file written the same way (imports only torch/triton/math, a module
+docstring first)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,18 @@ def launch_file_text() -> str:
     return LAUNCH_PATH.read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def launch_source() -> str:
-    """``launch.py`` without its module docstring: the text the ``{{LAUNCH}}`` hook emits."""
-    text = launch_file_text()
+@functools.lru_cache(maxsize=8)
+def emitted_source(path: Path) -> str:
+    """The file at ``path`` without its module docstring: the text a template hook emits."""
+    text = path.read_text(encoding="utf-8")
     body = ast.parse(text).body
     if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
             and isinstance(body[0].value.value, str)):
-        raise ValueError(f"{LAUNCH_PATH}: expected a module docstring first")
+        raise ValueError(f"{path}: expected a module docstring first")
     lines = text.splitlines(keepends=True)
     return "".join(lines[body[0].end_lineno:]).strip("\n") + "\n"
+
+
+def launch_source() -> str:
+    """``launch.py`` without its module docstring: the text the ``{{LAUNCH}}`` hook emits."""
+    return emitted_source(LAUNCH_PATH)

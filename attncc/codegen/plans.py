@@ -14,7 +14,7 @@ from collections.abc import Callable
 from attncc.codegen.literals import comment_text
 from attncc.codegen.printer import TritonPrinter
 from attncc.passes.mask_analysis import KEYS, Segment
-from attncc.passes.plans import BlockTablePlan, Plan, SegmentPlan
+from attncc.passes.plans import BlockTablePlan, PagePlan, Plan, SegmentPlan
 
 # What one visit adds to its tile's log entry: a tile visited once reads 1 (full) or 16 (masked).
 LOG_WEIGHTS: dict[str, int] = {"full": 1, "masked": 16}
@@ -99,8 +99,49 @@ def _emit_block_table(plan: BlockTablePlan, pr: TritonPrinter, loop: Loop) -> li
     return lines
 
 
+def _emit_pages(plan: PagePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
+    """Stream-K units of one (sequence, key/value head): per key segment, its tile range hulled over
+    the group's query heads (``off_h``), and the mask-free range common to all of them (keys at
+    or before every query row, ``m_first``), stored as ``UNITS[unit, s] = (lo, end, full_lo,
+    full_hi)`` key positions, multiples of ``{block}`` (``loop.block``)."""
+    block, segs = loop.block, plan.segments
+    lines = ["visited_end = tl.full([], 0, tl.int32)  # keys below this belong to an earlier unit",
+             f"kv_end = tl.cdiv(N, {block}) * {block}",
+             f"causal_full = (m_first + 1) // {block} * {block}  # keys every query row sees"]
+    for k, seg in enumerate(segs):
+        has_full = seg.full_lo is not None and seg.full_hi is not None
+        lines += [f"# unit {k + 1} of {len(segs)}: keys where {comment_text(str(seg.conjunct))}",
+                  f"#   keys [{comment_text(f'{seg.lo}, {seg.hi}')})"
+                  + (f", mask-free [{comment_text(f'{seg.full_lo}, {seg.full_hi}')})" if has_full else
+                     ", no key known mask-free"),
+                  "u_lo = tl.full([], 2147483647, tl.int32)",
+                  "u_hi = tl.full([], -2147483647, tl.int32)",
+                  "f_lo = tl.full([], -2147483647, tl.int32)",
+                  "f_hi = tl.full([], 2147483647, tl.int32)" if has_full else "f_hi = tl.full([], -2147483647, tl.int32)",
+                  "for g in range(0, G):  # the query heads of this key/value head",
+                  "    off_h = off_hk * G + g",
+                  f"    u_lo = tl.minimum(u_lo, {pr.p(seg.lo)})",
+                  f"    u_hi = tl.maximum(u_hi, {pr.p(seg.hi)})"]
+        if has_full:
+            lines += [f"    f_lo = tl.maximum(f_lo, {pr.p(seg.full_lo)})",
+                      f"    f_hi = tl.minimum(f_hi, {pr.p(seg.full_hi)})"]
+        lines += [f"seg_lo = tl.minimum(tl.maximum(u_lo // {block} * {block}, visited_end), kv_end)",
+                  f"seg_end = tl.maximum(tl.minimum(tl.cdiv(u_hi, {block}) * {block}, kv_end), seg_lo)",
+                  f"full_lo = tl.minimum(tl.maximum(tl.cdiv(f_lo, {block}) * {block}, seg_lo), seg_end)",
+                  f"full_hi = tl.maximum(tl.minimum(tl.minimum(f_hi // {block} * {block}, seg_end), causal_full), full_lo)",
+                  f"tl.store(UNITS + (pid * {len(segs)} + {k}) * 4 + 0, seg_lo)",
+                  f"tl.store(UNITS + (pid * {len(segs)} + {k}) * 4 + 1, seg_end)",
+                  f"tl.store(UNITS + (pid * {len(segs)} + {k}) * 4 + 2, full_lo)",
+                  f"tl.store(UNITS + (pid * {len(segs)} + {k}) * 4 + 3, full_hi)",
+                  "visited_end = seg_end"]
+    if not segs:
+        lines.append("pass  # the mask is never true: no unit has keys")
+    return lines
+
+
 EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments,
-                                                 BlockTablePlan.kind: _emit_block_table}
+                                                 BlockTablePlan.kind: _emit_block_table,
+                                                 PagePlan.kind: _emit_pages}
 
 
 def plan_params(plan: Plan) -> str:

@@ -33,11 +33,13 @@ class CallFacts:
     """What is known about the call a kernel is generated for, beyond the spec.
 
     ``query_len``: a fixed query length (``None``: any); ``block_table``: the caller passes a
-    runtime block table.  Schedules read these in :meth:`Schedule.applies`.
+    runtime block table; ``decode``: a decode call (a few new queries, the last positions of
+    each sequence, against a KV cache).  Schedules read these in :meth:`Schedule.applies`.
     """
 
     query_len: int | None = None
     block_table: bool = False
+    decode: bool = False
 
 
 @dataclass(frozen=True)

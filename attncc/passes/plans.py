@@ -18,7 +18,12 @@ Plan kinds:
   or supplied by the caller (data-dependent sparsity).  A table block may span several kernel
   tiles (block sizes are multiples of the tile sizes).
 
-Paged plans (decode) are a further kind.
+* :class:`PagePlan` (``"pages"``): decode.  The key segments of the mask analysis for the rows
+  of one sequence's last ``Lq`` positions (``m_first = L - Lq``, ``m_last = L - 1``, ``M = N = L``),
+  hulled over the query heads of a GQA group; each segment is one unit of stream-K work, its
+  tiles read through a page table.  The segment bounds are computed per (sequence, key/value
+  head) by a small kernel at launch; the decode kernel visits the tiles of the units its
+  program owns.
 """
 
 from __future__ import annotations
@@ -180,6 +185,33 @@ class BlockTablePlan:
                 for t in range(lo, min(lo + col_block, extent), block):
                     out.append(TileVisit(t, not (full and t + block <= whole)))
         return out
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    """Key segments of a decode call's rows, one stream-K unit each (kind ``"pages"``)."""
+
+    kind: ClassVar[str] = "pages"
+    keys: SegmentPlan
+    direction: Direction = KEYS
+
+    @property
+    def swept(self) -> str:
+        return "keys"
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return self.keys.segments
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{**d, "unit": f"stream-K unit {i} of each (sequence, key/value head)"}
+                for i, d in enumerate(self.keys.describe())]
+
+    def visits(self, env: Mapping[sp.Symbol, Any], block: int,
+               captures: Mapping[str, torch.Tensor] | None = None,
+               tables: Mapping[str, Any] | None = None) -> list[TileVisit]:
+        """As the segments' (``env``: ``m_first = L - Lq``, ``m_last = L - 1``, ``M = N = L``)."""
+        return self.keys.visits(env, block, captures)
 
 
 def block_table_plan(swept: str) -> BlockTablePlan:

@@ -7,9 +7,10 @@ Adding a schedule: a new module (package) under ``attncc/schedules/`` with its t
 from __future__ import annotations
 
 from attncc.schedules.base import KernelDecl, Schedule
+from attncc.schedules.decode import DECODE
 from attncc.schedules.prefill import PREFILL
 
-SCHEDULES: tuple[Schedule, ...] = (PREFILL,)
+SCHEDULES: tuple[Schedule, ...] = (DECODE, PREFILL)
 
 __all__ = ["SCHEDULES", "KernelDecl", "Schedule", "by_kind", "by_name"]
 
