@@ -35,6 +35,7 @@ from attncc.runtime.api import (  # noqa: E402
     CompiledAttention,
     attention,
     create_block_mask,
+    decode,
     flex_attention,
     load,
 )
@@ -43,5 +44,5 @@ from attncc.version import __version__  # noqa: E402
 
 __all__ = [
     "AttnccError", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",
-    "__version__", "attention", "create_block_mask", "document_ids", "flex_attention", "load",
+    "__version__", "attention", "create_block_mask", "decode", "document_ids", "flex_attention", "load",
 ]

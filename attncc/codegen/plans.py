@@ -101,13 +101,14 @@ def _emit_block_table(plan: BlockTablePlan, pr: TritonPrinter, loop: Loop) -> li
 
 def _emit_pages(plan: PagePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
     """Stream-K units of one (sequence, key/value head): per key segment, its tile range hulled over
-    the group's query heads (``off_h``), and the mask-free range common to all of them (keys at
-    or before every query row, ``m_first``), stored as ``UNITS[unit, s] = (lo, end, full_lo,
+    the group's query heads (``off_h``), and the mask-free range common to all of them (keys
+    inside the cache and, with ``AT_END``, at or before every query row), stored as ``UNITS[unit, s] = (lo, end, full_lo,
     full_hi)`` key positions, multiples of ``{block}`` (``loop.block``)."""
     block, segs = loop.block, plan.segments
     lines = ["visited_end = tl.full([], 0, tl.int32)  # keys below this belong to an earlier unit",
              f"kv_end = tl.cdiv(N, {block}) * {block}",
-             f"causal_full = (m_first + 1) // {block} * {block}  # keys every query row sees"]
+             f"causal_full = tl.where(AT_END != 0, (m_first + 1) // {block} * {block}, N // {block} * {block})"
+             "  # keys every query row sees"]
     for k, seg in enumerate(segs):
         has_full = seg.full_lo is not None and seg.full_hi is not None
         lines += [f"# unit {k + 1} of {len(segs)}: keys where {comment_text(str(seg.conjunct))}",

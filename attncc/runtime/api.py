@@ -16,10 +16,11 @@ from attncc.errors import InputError
 from attncc.runtime import host
 from attncc.runtime.blockmask import BlockMask, create_block_mask
 from attncc.runtime.compiled import CompiledAttention, compile_spec, load, spec_from_mods
+from attncc.runtime.decode import MAX_DECODE_QUERIES, decode, decode_compiled
 from attncc.runtime.mods import call_mods
 
-__all__ = ["BlockMask", "CompiledAttention", "attention", "compile_spec", "create_block_mask", "flex_attention",
-           "load", "spec_from_mods"]
+__all__ = ["BlockMask", "CompiledAttention", "attention", "compile_spec", "create_block_mask", "decode",
+           "flex_attention", "load", "spec_from_mods"]
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    score_mod: Callable[..., Any] | None = None, block_mask: Any = None,
@@ -31,7 +32,9 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     out ``[B, H, M, E]`` and, with ``return_lse``, lse ``[B, H, M]`` (natural log, fp32).
     ``kernel_options`` may carry BLOCK_M, BLOCK_N, num_warps, num_stages (optionally prefixed
     ``fwd_``/``bwd_``); torch's other documented keys are accepted and ignored; anything else is an
-    :class:`InputError`.
+    :class:`InputError`.  Short queries (at most 16, fewer than the keys) that need no gradient,
+    outside ``torch.compile`` and without given block lists, run on the decode schedule
+    (stream-K over the keys), with the same semantics.
     """
     host.check_tensor_args("flex_attention", query, key, value)
     keys, values = host.encode_config("flex_attention", kernel_options, label="kernel_options", torch_options=True)
@@ -46,8 +49,19 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          "pass enable_gqa=True for grouped-query attention")
     config = dict(zip(keys, values, strict=True))
     tables = getattr(block_mask, "given_tables", None) if block_mask is not None else None
+    if tables is None and not config and _short_queries(query, key, value):
+        spec, tensors = spec_from_mods(score_mod, mask_mod, gqa=enable_gqa, name="flex")
+        return decode_compiled(compile_spec(spec), query, key, value, scale=host.check_scale("flex_attention", scale),
+                               return_lse=return_lse, queries_at_end=False, **tensors)
     return call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale, tables=tables,
                          return_lse=return_lse, config=config or None)
+
+
+def _short_queries(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether a flex_attention call goes to the decode schedule (see :func:`flex_attention`)."""
+    M, N = query.shape[2], key.shape[2]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return 0 < M <= MAX_DECODE_QUERIES and M < N and not needs_grad and not torch.compiler.is_compiling()
 
 
 def attention(score_mod: Callable[..., Any] | None = None, *, mask_mod: Callable[..., Any] | None = None,

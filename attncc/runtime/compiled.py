@@ -35,6 +35,7 @@ class CompiledAttention:
         self.spec = spec
         self.generated: Generated = generate(spec)
         self._table_variant: Generated | None = None
+        self._decode_variant: Generated | None = None
         self._tables: dict[tuple, dict[str, Any]] = {}  # last block tables built, by what shaped them
 
     @property
@@ -53,8 +54,31 @@ class CompiledAttention:
             self._table_variant = generate(self.spec, CallFacts(block_table=True))
         return self._table_variant
 
+    def generated_decode(self) -> Generated:
+        """The module of the decode schedule (``CallFacts(decode=True)``, generated on first use)."""
+        if self._decode_variant is None:
+            self._decode_variant = generate(self.spec, CallFacts(decode=True))
+        return self._decode_variant
+
+    def decode_module(self) -> Any:
+        return load_module(self.generated_decode())
+
+    def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
+               cache_seqlens: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+               scale: float | None = None, return_lse: bool = False, config: dict[str, int] | None = None,
+               programs: int | None = None, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Decode: q ``[B, H, Lq, D]``, the last Lq positions of each sequence, against a KV cache,
+        contiguous ``[B, HK, Lmax, D]`` or paged ``[num_pages, HK, page_size, D]`` with
+        ``block_table [B, pages_per_seq]`` (int32); ``cache_seqlens [B]`` int32 (None: full).
+        Stream-K over ``programs`` persistent programs (default: the SM count).  See
+        :mod:`attncc.runtime.decode`."""
+        from attncc.runtime.decode import decode_compiled
+
+        return decode_compiled(self, q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                               scale=scale, return_lse=return_lse, config=config, programs=programs, **kwargs)
+
     def module_for(self, key: str) -> Any:
-        for gen in (self.generated, self._table_variant):
+        for gen in (self.generated, self._table_variant, self._decode_variant):
             if gen is not None and gen.key == key:
                 return load_module(gen)
         raise KeyError(f"{self.spec.name}: no module with key {key}")

@@ -83,8 +83,8 @@ def render(low: Lowered, source_key: str) -> str:
         "LAUNCH": launch_source(),
         "PARTITION": emitted_source(PARTITION),
         "NO_SPECIALIZE": py_literal(["stride_qb", "stride_kb", "stride_vb", "stride_btb", "PAGE_SIZE", "log_cols",
-                                     "B", "H", "HK", "LQ", "G", "S", *ctx.scalar_ints]),
-        "NO_SPECIALIZE_UNITS": py_literal(["B", "H", "HK", "LQ", "G", *ctx.scalar_ints]),
+                                     "B", "H", "HK", "LQ", "G", "S", "AT_END", *ctx.scalar_ints]),
+        "NO_SPECIALIZE_UNITS": py_literal(["B", "H", "HK", "LQ", "G", "AT_END", *ctx.scalar_ints]),
     }
     hooks["HELPERS"] = helper_source(tile_pr.helpers | bound_pr.helpers, variant)
     return fill_hooks(TEMPLATE.read_text(), hooks)
