@@ -149,6 +149,7 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
     from attncc.runtime.explain import explain as run_explain
     from attncc.runtime.explain import format_explain, run_captures
 
+    _decode_options_need_decode(decode)
     fn = load(spec)
     dims = parse_shape(shape)
     values = _checked_params(fn.spec, parse_params(params))
@@ -172,6 +173,15 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
         low = fn.generated.lowered
         plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{fn.spec.name} {shape}")
         click.echo(f"wrote {plot}", err=True)
+
+
+def _decode_options_need_decode(decode: str | None) -> None:
+    """``--heads``, ``--block-n``, ``--programs`` and ``--query-len`` given without ``--decode``: a usage error."""
+    ctx = click.get_current_context()
+    given = [f"--{n.replace('_', '-')}" for n in ("heads", "block_n", "programs", "query_len")
+             if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+    if decode is None and given:
+        raise click.UsageError(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} --decode LENGTHS")
 
 
 def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, float | int]:

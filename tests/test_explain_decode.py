@@ -74,6 +74,7 @@ def test_text_output_names_both_partitions() -> None:
     pytest.param(["--decode", "64", "--block-n", "-16"], "--block-n must be a positive integer", id="block-n-neg"),
     pytest.param(["--decode", "63,1", "--query-len", "4"], "--query-len 4 is larger than sequence 1", id="lq-long"),
     pytest.param(["--decode", "64", "--programs", "many"], "'many' is not a valid integer", id="programs-text"),
+    pytest.param(["--programs", "64"], "--programs needs --decode LENGTHS", id="programs-without-decode"),
 ])
 def test_bad_decode_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(main, ["explain", "causal", *args])
