@@ -136,13 +136,20 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False, writable=True),
               help="draw the forward kernel's block map (batch 0, head 0) to FILE.png (needs --shape, matplotlib)")
+@click.option("--decode", "decode", default=None, metavar="LENGTHS",
+              help="sequence lengths of a decode batch (e.g. 128,128,128,32768): its stream-K partition vs split-K")
+@click.option("--heads", default="8,1", show_default=True, help="with --decode: query heads,key/value heads")
+@click.option("--block-n", type=int, default=64, show_default=True, help="with --decode: key tile size")
+@click.option("--programs", type=int, default=132, show_default=True, help="with --decode: programs (SMs)")
+@click.option("--query-len", type=int, default=1, show_default=True, help="with --decode: new queries per sequence")
 def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tuple[str, ...], as_json: bool,
-            plot: str | None) -> None:
+            plot: str | None, decode: str | None, heads: str, block_n: int, programs: int, query_len: int) -> None:
     """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
     from attncc.runtime.api import load
     from attncc.runtime.explain import explain as run_explain
     from attncc.runtime.explain import format_explain, run_captures
 
+    _decode_options_need_decode(decode)
     fn = load(spec)
     dims = parse_shape(shape)
     values = _checked_params(fn.spec, parse_params(params))
@@ -150,7 +157,14 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
         raise click.UsageError("--capture needs --shape")
     tensors = run_captures(fn.generated.lowered.variant, captures, dims) if dims else {}
     info = run_explain(fn.spec, fn.generated.lowered, dims, values, captures=tensors)
-    click.echo(json.dumps(info, indent=2) if as_json else format_explain(info))
+    text = None if as_json else format_explain(info)
+    if decode is not None:
+        from attncc.runtime.decode_explain import decode_partition, format_decode, parse_ints
+
+        hq, hkv = parse_ints(heads, "--heads", 2)
+        info["decode"] = decode_partition(parse_ints(decode, "--decode"), (hq, hkv), block_n, programs, query_len)
+        text = None if as_json else f"{text}\n\n{format_decode(info['decode'])}"
+    click.echo(json.dumps(info, indent=2) if as_json else text)
     if plot is not None:
         if dims is None:
             raise click.UsageError("--plot needs --shape")
@@ -159,6 +173,15 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
         low = fn.generated.lowered
         plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{fn.spec.name} {shape}")
         click.echo(f"wrote {plot}", err=True)
+
+
+def _decode_options_need_decode(decode: str | None) -> None:
+    """``--heads``, ``--block-n``, ``--programs`` and ``--query-len`` given without ``--decode``: a usage error."""
+    ctx = click.get_current_context()
+    given = [f"--{n.replace('_', '-')}" for n in ("heads", "block_n", "programs", "query_len")
+             if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+    if decode is None and given:
+        raise click.UsageError(f"{', '.join(given)} {'need' if len(given) > 1 else 'needs'} --decode LENGTHS")
 
 
 def _checked_params(spec: Any, params: dict[str, float | int]) -> dict[str, float | int]:

@@ -28,7 +28,8 @@ def stream_k(unit_tiles: torch.Tensor, programs: int) -> dict:
     """The stream-K partition of ``unit_tiles [U]`` (int, >= 0) over ``programs`` programs.
 
     Returns int32 tensors on ``unit_tiles``' device: ``unit_start [U + 1]`` (first global tile of
-    each unit; the last entry is the total ``T``), ``prog_start [P + 1]`` (``p * T // P``),
+    each unit; the last entry is the total ``T``), ``prog_start [P + 1]`` (the first ``T % P``
+    programs take ``T // P + 1`` tiles, the rest ``T // P``, so empty programs come last),
     ``prog_unit [P]`` (the unit holding program ``p``'s first tile; for an empty program, any),
     ``unit_first_prog [U]`` and ``unit_last_prog [U]`` (the programs covering a non-empty unit's
     first and last tile; ``last < first`` for an empty unit).
@@ -39,7 +40,8 @@ def stream_k(unit_tiles: torch.Tensor, programs: int) -> dict:
     unit_start = torch.zeros(tiles.numel() + 1, dtype=torch.int64, device=tiles.device)
     unit_start[1:] = torch.cumsum(tiles, 0)
     total = unit_start[-1]
-    prog_start = torch.arange(programs + 1, dtype=torch.int64, device=tiles.device) * total // programs
+    steps = torch.arange(programs + 1, dtype=torch.int64, device=tiles.device)
+    prog_start = steps * (total // programs) + torch.minimum(steps, total % programs)
     prog_unit = torch.searchsorted(unit_start, prog_start[:-1], right=True) - 1
     prog_unit = prog_unit.clamp(max=max(tiles.numel() - 1, 0))
     first = torch.searchsorted(prog_start, unit_start[:-1], right=True) - 1
