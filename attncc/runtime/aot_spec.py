@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from attncc.codegen import launch
+from attncc.compiler import load_module
 from attncc.codegen.report import KernelReport
 from attncc.errors import CompileError
 from attncc.runtime.api import CompiledAttention, compile_spec
@@ -21,16 +22,19 @@ TRITON_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp1
 
 
 def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
-                     config: dict[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Triton signature and constexprs of one generated kernel for a dtype, head dims and tiles
-    (pointer types from the schedule's :class:`KernelDecl`; the tile log compiled out)."""
-    kernel = getattr(fn.module, decl.name)
+                     config: dict[str, int], module: Any = None,
+                     own: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Triton signature and constexprs of one generated kernel of ``module`` (default: the spec's
+    main module) for a dtype, head dims and tiles (pointer types from the schedule's
+    :class:`KernelDecl`, ``own`` constexprs from its schedule; the tile log compiled out)."""
+    kernel = getattr(module or fn.module, decl.name)
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
     constexprs: dict[str, Any] = {**launch.kernel_constexprs(head_dim, head_dim_v, config, elem),
                                   "WRITE_FULL": bool(spec.captures), "LOG_TILES": False,
                                   "TBL_ROW": config["BLOCK_M"] if decl.sweeps == "keys" else config["BLOCK_N"],
-                                  "TBL_COL": config["BLOCK_N"] if decl.sweeps == "keys" else config["BLOCK_M"]}
+                                  "TBL_COL": config["BLOCK_N"] if decl.sweeps == "keys" else config["BLOCK_M"],
+                                  **(own or {})}
     constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
@@ -77,18 +81,22 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
     so in that case the compile runs in a subprocess with the interpreter off.
     """
     kinds = kinds or fn.generated.lowered.schedule.kinds
+    for kind in kinds:
+        fn.generated_of_kind(kind)  # an unknown kind fails here, in this process
     if interpreting():
         return report_many([(fn.spec, target, dtype, head_dim, head_dim_v, config, kinds)])
     from attncc.codegen.aot import compile_report
 
     head_dim_v = head_dim_v or head_dim
-    schedule = fn.generated.lowered.schedule
     out = []
     for kind in kinds:
+        gen = fn.generated_of_kind(kind)
+        schedule, module = gen.lowered.schedule, load_module(gen)
         cfg = {**schedule.default_config(kind, max(head_dim, head_dim_v)), **(config or {})}
         for decl in schedule.kernels_of(kind):
-            sig, constexprs = kernel_signature(fn, decl, dtype, head_dim, head_dim_v, cfg)
-            out.append(compile_report(getattr(fn.module, decl.name), sig, constexprs, target, cfg["num_warps"],
+            sig, constexprs = kernel_signature(fn, decl, dtype, head_dim, head_dim_v, cfg, module,
+                                               schedule.aot_constexprs(decl))
+            out.append(compile_report(getattr(module, decl.name), sig, constexprs, target, cfg["num_warps"],
                                       cfg["num_stages"], kernel_name=f"{fn.spec.name}.{decl.name}[{dtype},d{head_dim}]",
                                       divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v)))
     return out

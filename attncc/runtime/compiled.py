@@ -60,6 +60,13 @@ class CompiledAttention:
             self._decode_variant = generate(self.spec, CallFacts(decode=True))
         return self._decode_variant
 
+    def generated_of_kind(self, kind: str) -> Generated:
+        """The generated module (default or decode) whose schedule has kernels of config ``kind``."""
+        for gen in (self.generated, self.generated_decode()):
+            if kind in gen.lowered.schedule.kinds:
+                return gen
+        raise KeyError(f"{self.spec.name}: no generated module has kernels of kind {kind!r}")
+
     def decode_module(self) -> Any:
         return load_module(self.generated_decode())
 

@@ -69,6 +69,11 @@ class Schedule(ABC):
     def default_config(self, kind: str, head_dim: int) -> Config:
         return lookup_default(self.default_configs[kind], head_dim)
 
+    def aot_constexprs(self, kernel: KernelDecl) -> dict[str, Any]:
+        """Values of ``kernel``'s own constexprs for an ahead-of-time compile (beyond the shared
+        head dims, tiles and dot precision)."""
+        return {}
+
     def prefers_block_table(self, low: Lowered) -> bool:
         """Whether calls should build block tables at launch (``CallFacts(block_table=True)``)
         because the plan derived at compile time would visit empty tiles."""

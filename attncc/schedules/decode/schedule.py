@@ -67,6 +67,10 @@ class DecodeSchedule(Schedule):
             raise ValueError("plan_iteration runs after analyse_mask")
         return PagePlan(segment_plan(low.mask_keys, "keys"))
 
+    def aot_constexprs(self, kernel: KernelDecl) -> dict[str, Any]:
+        """Ahead of time, ``attn_decode`` compiles its paged variant (a gather per key row)."""
+        return {"PAGED": True}
+
     def template_text(self) -> str:
         return module_text()
 
