@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from attncc.codegen import launch
-from attncc.compiler import load_module
 from attncc.codegen.report import KernelReport
+from attncc.compiler import load_module
 from attncc.errors import CompileError
 from attncc.runtime.api import CompiledAttention, compile_spec
 from attncc.schedules.base import KernelDecl
