@@ -14,7 +14,8 @@ from attncc.errors import AttnccError
 from attncc.schedules import SCHEDULES, by_kind
 from attncc.schedules.space import Config, ConfigSpace
 
-KINDS: tuple[str, ...] = ("fwd", "bwd", "decode", "recurrence")
+# Kernel kinds: every registered schedule's, and the recurrence kind still to come (issue 11).
+KINDS: tuple[str, ...] = (*dict.fromkeys(kind for sched in SCHEDULES for kind in sched.kinds), "recurrence")
 DTYPES: tuple[str, ...] = ("fp16", "bf16", "fp32")
 
 

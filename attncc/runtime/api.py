@@ -16,7 +16,7 @@ from attncc.errors import InputError
 from attncc.runtime import host
 from attncc.runtime.blockmask import BlockMask, create_block_mask
 from attncc.runtime.compiled import CompiledAttention, compile_spec, load, spec_from_mods
-from attncc.runtime.decode import MAX_DECODE_QUERIES, decode, decode_compiled
+from attncc.runtime.decode import MAX_DECODE_QUERIES, decode_compiled
 from attncc.runtime.mods import call_mods
 
 __all__ = ["BlockMask", "CompiledAttention", "attention", "compile_spec", "create_block_mask", "decode",
@@ -55,6 +55,29 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                return_lse=return_lse, queries_at_end=False, **tensors)
     return call_mods(query, key, value, score_mod, mask_mod, gqa=enable_gqa, name="flex", scale=scale, tables=tables,
                          return_lse=return_lse, config=config or None)
+
+
+def decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
+           cache_seqlens: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
+           score_mod: Callable[..., Any] | None = None, block_mask: Any = None, scale: float | None = None,
+           return_lse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention with FlexAttention-style mods (``q_idx``/``kv_idx`` are absolute positions).
+
+    ``block_mask``: a :class:`~attncc.BlockMask` built from a ``mask_mod`` (its mask is applied
+    elementwise; the decode schedule visits the mask's key segments).
+    """
+    mask_mod = None
+    if block_mask is not None:
+        mask_mod = getattr(block_mask, "mask_mod", None)
+        if mask_mod is None:
+            raise InputError("decode: block_mask must come from a mask_mod (create_block_mask); "
+                             "a mask given only as block lists has no per-position predicate")
+    gqa = isinstance(q, torch.Tensor) and isinstance(k_cache, torch.Tensor) and q.dim() == 4 and \
+        k_cache.dim() == 4 and q.shape[1] != k_cache.shape[1]
+    spec, tensors = spec_from_mods(score_mod, mask_mod, gqa=gqa, name="decode")
+    compiled = compile_spec(spec)
+    return decode_compiled(compiled, q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
+                           scale=scale, return_lse=return_lse, **tensors)
 
 
 def _short_queries(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ from attncc.compiler import Generated, generate, load_module
 from attncc.ir import expr as E
 from attncc.passes.lowered import CallFacts
 from attncc.runtime import ops
+from attncc.runtime.decode import decode_compiled
 from attncc.runtime.trace import trace
 from attncc.spec.loader import resolve
 from attncc.spec.model import CaptureDecl, Spec
@@ -79,8 +80,6 @@ class CompiledAttention:
         ``block_table [B, pages_per_seq]`` (int32); ``cache_seqlens [B]`` int32 (None: full).
         Stream-K over ``programs`` persistent programs (default: the SM count).  See
         :mod:`attncc.runtime.decode`."""
-        from attncc.runtime.decode import decode_compiled
-
         return decode_compiled(self, q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
                                scale=scale, return_lse=return_lse, config=config, programs=programs, **kwargs)
 

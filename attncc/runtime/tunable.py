@@ -18,14 +18,18 @@ from attncc.schedules.space import ConfigSpace
 class SpecTunable:
     """:class:`attncc.autotune.tunable.Tunable` for the kernels of one config kind of a spec's schedule.
 
-    Space, cost inputs, defaults and the kernel list come from the schedule the spec was lowered to.
+    Space, cost inputs, defaults and the kernel list come from the schedule whose kernels have
+    config kind ``kind`` (the spec's default module, or its decode module).
     """
 
     def __init__(self, fn: CompiledAttention, kind: str) -> None:
-        self.schedule = fn.generated.lowered.schedule
-        if kind not in self.schedule.kinds:
-            raise InputError(f"kernel kind '{kind}' does not exist for the {self.schedule.name} schedule of "
-                             f"{fn.spec.name} ({', '.join(self.schedule.kinds)})")
+        try:
+            self.generated = fn.generated_of_kind(kind)
+        except KeyError:
+            kinds = ", ".join(dict.fromkeys((*fn.generated.lowered.schedule.kinds,
+                                             *fn.generated_decode().lowered.schedule.kinds)))
+            raise InputError(f"kernel kind '{kind}' does not exist for spec {fn.spec.name} ({kinds})") from None
+        self.schedule = self.generated.lowered.schedule
         self.fn = fn
         self.kind = kind
         self.spec_hash = fn.spec.tuning_hash
@@ -77,7 +81,8 @@ class SpecTunable:
         q = torch.randn(shape.B, shape.H, shape.M, shape.D, device="cuda", dtype=dt)
         k = torch.randn(shape.B, HK, shape.N, shape.D, device="cuda", dtype=dt)
         v = torch.randn(shape.B, HK, shape.N, shape.E, device="cuda", dtype=dt)
-        return self.schedule.benchmark_call(self.fn.module, self.kind, {"q": q, "k": k, "v": v}, config, caps, params)
+        module = self.fn.module_for(self.generated.key)
+        return self.schedule.benchmark_call(module, self.kind, {"q": q, "k": k, "v": v}, config, caps, params)
 
 
 def tunable_for_spec(spec: str, kind: str = "fwd") -> SpecTunable:

@@ -15,7 +15,8 @@ from .fakes import FakeTunable
 def test_spaces_declare_the_issue_parameters() -> None:
     assert SPACES["fwd"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
     assert SPACES["bwd"].names == SPACES["fwd"].names
-    assert SPACES["decode"].names == ("BLOCK_N", "NUM_SPLITS", "num_warps", "num_stages")
+    assert SPACES["decode"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+    assert SPACES["decode"].params["BLOCK_M"] == (16,), "decode packs GQA rows: BLOCK_M is a minimum"
     assert SPACES["recurrence"].names == ("CHUNK", "BLOCK_K", "BLOCK_V", "num_warps", "num_stages")
     fwd = SPACES["fwd"].params
     assert min(fwd["BLOCK_M"]) == 16 and max(fwd["BLOCK_M"]) == 128

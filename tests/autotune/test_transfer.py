@@ -21,7 +21,7 @@ from .cache_cases import C1, C2, C3, H100, entry
 def fill(cache: TuningCache) -> None:
     cache.put(entry(Shape.of(1, 8, 1024, 1024, 64), C1, 1.25))
     cache.put(entry(Shape.of(1, 8, 4096, 4096, 64), C2, 7.5, kind="bwd"))
-    cache.put(entry(Shape.of(4, 32, 1, 8192, 128), {"BLOCK_N": 64, "NUM_SPLITS": 8, "num_warps": 4,
+    cache.put(entry(Shape.of(4, 32, 1, 8192, 128), {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 4,
                                                     "num_stages": 2}, 0.05, kind="decode"))
 
 

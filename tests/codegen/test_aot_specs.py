@@ -1,5 +1,6 @@
-"""Every built-in spec's kernels compile ahead of time for sm_80 and sm_90 (no GPU needed),
-and the default tile configs have zero spills on sm_90 for head dims 64 and 128, fp16 and bf16.
+"""Every built-in spec's kernels (prefill forward and backward, decode) compile ahead of time for
+sm_80 and sm_90 (no GPU needed), and the default tile configs have zero spills on sm_90 for head
+dims 64 and 128, fp16 and bf16.
 
 The compiles run in one subprocess without Triton's interpreter (see attncc.runtime.aot_spec).
 """
@@ -12,13 +13,14 @@ from attncc.codegen.report import KernelReport
 from attncc.runtime.aot_spec import report_many
 from attncc.spec.loader import library, resolve
 
-KERNELS = {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}
+KERNELS = {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "attn_decode_units", "attn_decode", "attn_decode_merge"}
+KINDS = ("fwd", "bwd", "decode")
 ZERO_SPILL_SPECS = ("causal", "sinks_window", "alibi", "softcap", "temperature", "relative_bias", "gqa")
 
 
 @pytest.fixture(scope="module")
 def library_reports() -> dict[tuple[str, str], list[KernelReport]]:
-    jobs = [(resolve(name), target, "fp16", 64, None, None, ("fwd", "bwd"))
+    jobs = [(resolve(name), target, "fp16", 64, None, None, KINDS)
             for name in library() for target in ("sm_80", "sm_90")]
     reports = report_many(jobs)
     out: dict[tuple[str, str], list[KernelReport]] = {}
@@ -40,7 +42,7 @@ def test_every_spec_compiles(library_reports: dict, name: str, target: str) -> N
 
 
 def test_default_configs_do_not_spill_on_sm90() -> None:
-    jobs = [(resolve(name), "sm_90", dt, hd, None, None, ("fwd", "bwd"))
+    jobs = [(resolve(name), "sm_90", dt, hd, None, None, KINDS)
             for name in ZERO_SPILL_SPECS for dt in ("fp16", "bf16") for hd in (64, 128)]
     reports = report_many(jobs)
     assert len(reports) == len(KERNELS) * len(jobs), f"{len(reports)} reports for {len(jobs)} jobs x {len(KERNELS)} kernels"

@@ -102,10 +102,11 @@ class _CompileProbe:
     build; nothing is compiled or run (no GPU needed).
     """
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, specialize: tuple[str, ...] = ()) -> None:
-        self.compiles: dict[str, list[str]] = {k: [] for k in KERNELS}
-        self.launches = dict.fromkeys(KERNELS, 0)
-        for name in KERNELS:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, specialize: tuple[str, ...] = (),
+                 kernels: tuple[str, ...] = KERNELS) -> None:
+        self.compiles: dict[str, list[str]] = {k: [] for k in kernels}
+        self.launches = dict.fromkeys(kernels, 0)
+        for name in kernels:
             monkeypatch.setattr(module, name, _as_jit(getattr(module, name), specialize))
         monkeypatch.setattr(driver, "_active", _Sm90Driver())
         monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", self._before_compile)
@@ -192,3 +193,37 @@ def test_compile_probe_sees_specialized_arguments(monkeypatch: pytest.MonkeyPatc
     for kernel, keys in probe.compiles.items():
         assert 1 < len(keys) <= calls, f"{spec}.{kernel}: {len(keys)} compilations with {varied} specialized"
         assert len(set(keys)) == len(keys), f"{spec}.{kernel}: a cached key was compiled again"
+
+
+DECODE_KERNELS = ("attn_decode_units", "attn_decode", "attn_decode_merge")
+
+
+def _decode_calls(module: Any) -> int:
+    """Paged decode calls with new lengths (1 .. 300, ragged), new block tables (pages shuffled
+    differently), batch 1 and 3, query length 1 and 4, on one page pool."""
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(60, 2, 16, 16, generator=gen)
+    calls = [([1], 1), ([300], 1), ([17, 64, 5], 1), ([33, 4, 250], 4), ([96], 4)]
+    for lengths, lq in calls:
+        pages = torch.randperm(60, generator=gen)[:len(lengths) * 19].view(len(lengths), 19).to(torch.int32)
+        q = torch.randn(len(lengths), 4, lq, 16, generator=gen)
+        module.decode_forward(q, k, k, cache_seqlens=torch.tensor(lengths, dtype=torch.int32), block_table=pages)
+    return len(calls)
+
+
+def test_decode_lengths_and_block_tables_do_not_recompile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New cache_seqlens, block tables, batch sizes and query lengths reuse one binary per decode kernel."""
+    fn = attncc.load("sliding_window")
+    probe = _CompileProbe(monkeypatch, fn.decode_module(), kernels=DECODE_KERNELS)
+    calls = _decode_calls(fn.decode_module())
+    for kernel, keys in probe.compiles.items():
+        assert len(keys) == 1, f"decode.{kernel}: {len(keys)} compilations over {calls} calls:\n" + "\n".join(keys)
+        assert probe.launches[kernel] == calls - 1, f"decode.{kernel}: {probe.launches[kernel]} cached launches"
+
+
+def test_decode_probe_sees_specialized_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: with the lengths and batch specialised, the same calls compile again."""
+    fn = attncc.load("sliding_window")
+    probe = _CompileProbe(monkeypatch, fn.decode_module(), specialize=("B", "LQ", "stride_qb"), kernels=DECODE_KERNELS)
+    _decode_calls(fn.decode_module())
+    assert len(probe.compiles["attn_decode"]) > 1, "specialised arguments did not recompile"

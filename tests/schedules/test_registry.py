@@ -61,20 +61,25 @@ def test_no_applicable_schedule_is_a_one_line_error() -> None:
 def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
     assert by_name(schedule.name) is schedule, "by_name"
     fn = attncc.load("causal")
-    low = fn.generated.lowered
+    gens = [g for g in (fn.generated_for(False), fn.generated_for(True), fn.generated_decode())
+            if g.lowered.schedule is schedule]
+    assert gens, f"{schedule.name}: no generated module of causal uses it"
+    modules = [fn.module_for(g.key) for g in gens]
+    main = fn.generated_of_kind(schedule.kinds[0])
+    assert main.lowered.schedule is schedule, "generated_of_kind"
     for decl in schedule.kernels:
         assert by_kind(decl.kind) is schedule, f"{decl.kind}: by_kind"
-        assert hasattr(fn.module, decl.name), f"{decl.name}: not in the generated module"
-        plan = low.plan(decl.name)
+        assert all(hasattr(m, decl.name) for m in modules), f"{decl.name}: not in the generated module"
+        plan = main.lowered.plan(decl.name)
         assert plan.kind in EMITTERS and plan.swept == decl.sweeps, f"{decl.name}: plan {plan.kind} over {plan.swept}"
-        variants = [getattr(fn.module_for(fn.generated_for(t).key), decl.name).arg_names for t in (False, True)]
+        variants = [getattr(m, decl.name).arg_names for m in modules]
         for ptr in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors):
             assert any(ptr in args for args in variants), f"{decl.name}: declared tensor {ptr} is not an argument"
         for args in variants:  # every pointer argument of every variant has a declared dtype
             pointers = [a for a in args if a.isupper() or a.startswith("CG_")]
             undeclared = [a for a in pointers if a not in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors)
                           and not a.startswith(("HEAD_", "BLOCK_", "DOT_", "WRITE_", "LOG_", "TBL_ROW", "TBL_COL"))
-                          and a not in ("B", "H", "HK", "M", "N")]
+                          and a not in ("B", "H", "HK", "M", "N", "LQ", "G", "S", "AT_END", "PAGE_SIZE", "PAGED")]
             assert not undeclared, f"{decl.name}: pointer arguments without a declared dtype: {undeclared}"
     shape = Shape.of(2, 4, 1000, 1000, 64)
     for kind in schedule.kinds:
@@ -82,7 +87,9 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
         assert SPACES[kind] is space, f"{kind}: autotune's space is not the schedule's"
         for head_dim in (32, 64, 128, 256):
             cfg = schedule.default_config(kind, head_dim)
-            assert fn.module.default_config(head_dim, kind) == cfg, f"{kind} d{head_dim}: module default differs"
+            module = fn.module_for(fn.generated_of_kind(kind).key)
+            assert module.table_config(module.DEFAULT_CONFIGS, head_dim, kind) == cfg, \
+                f"{kind} d{head_dim}: module default differs"
         cfg = space.enumerate()[0]
         assert schedule.flops(kind, shape) > 0 and schedule.bytes_moved(kind, shape, "fp16", cfg) > 0, kind
         assert schedule.programs(kind, shape, cfg) >= 1 and schedule.inner_iterations(kind, shape, cfg) >= 1, kind
@@ -91,7 +98,8 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
 
 def test_no_module_outside_schedules_asks_which_schedule_it_is() -> None:
     """Schedule names and kernel names appear only under attncc/schedules (and in docstrings of examples)."""
-    pattern = re.compile(r"""(["'])(prefill|attn_fwd|attn_bwd_dkdv|attn_bwd_dq)\1|schedule\.name\s*==""")
+    pattern = re.compile(r"""(["'])(prefill|attn_fwd|attn_bwd_dkdv|attn_bwd_dq|attn_decode\w*)\1"""
+                         r"""|schedule\.name\s*==""")
     offenders = []
     for path in ROOT.rglob("*.py"):
         if path.is_relative_to(ROOT / "schedules"):
