@@ -162,7 +162,8 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
         from attncc.runtime.decode_explain import decode_partition, format_decode, parse_ints
 
         hq, hkv = parse_ints(heads, "--heads", 2)
-        info["decode"] = decode_partition(parse_ints(decode, "--decode"), (hq, hkv), block_n, programs, query_len)
+        info["decode"] = decode_partition(parse_ints(decode, "--decode"), (hq, hkv), block_n, programs, query_len,
+                                          fn.generated_decode().lowered, values)
         text = None if as_json else f"{text}\n\n{format_decode(info['decode'])}"
     click.echo(json.dumps(info, indent=2) if as_json else text)
     if plot is not None:

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from attncc.cli import main
 
 
-def _decode(*args: str) -> dict:
-    result = CliRunner().invoke(main, ["explain", "causal", "--json", "--decode", *args], catch_exceptions=False)
+def _decode(*args: str, spec: str = "causal") -> dict:
+    result = CliRunner().invoke(main, ["explain", spec, "--json", "--decode", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -31,8 +31,8 @@ def test_skewed_batch_stream_k_balances_where_split_k_does_not() -> None:
     assert sk["waves"] == sp["waves"] == 1
     assert sk["last_wave_idle"] == pytest.approx(1 - total / (132 * 4)), sk
     assert sp["last_wave_idle"] == pytest.approx(1 - total / (132 * 16)), sp
-    assert sk["first_programs"][0]["units"] == [{"b": 0, "hkv": 0, "tiles": [0, 2]},
-                                                {"b": 1, "hkv": 0, "tiles": [0, 2]}], sk["first_programs"][0]
+    assert sk["first_programs"][0]["units"] == [{"b": 0, "hkv": 0, "segment": 0, "tiles": [0, 2]},
+                                                {"b": 1, "hkv": 0, "segment": 0, "tiles": [0, 2]}], sk["first_programs"][0]
     assert sk["max_units_per_program"] == 2, sk
     assert "not a timing" in d["note"]
     assert info["passes_over_n"]["after"] == 1, "the rest of explain's output is kept"
@@ -47,7 +47,7 @@ def test_awkward_lengths_with_gqa_and_several_split_k_waves() -> None:
     assert (sk["min_tiles"], sk["max_tiles"], sk["last_wave_idle"]) == (21, 21, 0.0), sk
     # program 0: units 0..5 (20 tiles) and the first tile of unit 6 (sequence 3, kv head 0)
     assert sk["max_units_per_program"] == 7 and len(sk["first_programs"][0]["units"]) == 7, sk
-    assert sk["first_programs"][0]["units"][-1] == {"b": 3, "hkv": 0, "tiles": [0, 1]}, sk["first_programs"][0]
+    assert sk["first_programs"][0]["units"][-1] == {"b": 3, "hkv": 0, "segment": 0, "tiles": [0, 1]}, sk["first_programs"][0]
     assert [p["tiles"] for p in sk["first_programs"]] == [21, 21, 21, 21], sk
     # one split per unit: 8 programs on 4 SMs, the last wave runs units 4..7 (5, 5, 32, 32 tiles)
     assert (sp["splits_per_unit"], sp["programs"], sp["waves"], sp["max_tiles"]) == (1, 8, 2, 32), sp
@@ -82,3 +82,12 @@ def test_bad_decode_input_is_one_line_exit_2(args: list[str], needle: str) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_units_follow_the_mask_key_segments() -> None:
+    """A sliding window's decode units hold only the window's key tiles; sinks add a unit each."""
+    d = _decode("32768,1000", "--param", "window=1024", spec="sliding_window")["decode"]
+    # keys (L - 1 - 1024, L - 1] of the last position: 16 tiles of 64 at L = 32768; all 1000 keys (16 tiles)
+    assert d["total_tiles"] == 16 + 16 and d["units"] == 2, d
+    s = _decode("32768", "--param", "window=1024", "--param", "sinks=4", spec="sinks_window")["decode"]
+    assert s["segments_per_unit_pair"] == 2 and s["units"] == 2 and s["total_tiles"] == 1 + 16, s

@@ -213,6 +213,34 @@ class PagePlan:
         """As the segments' (``env``: ``m_first = L - Lq``, ``m_last = L - 1``, ``M = N = L``)."""
         return self.keys.visits(env, block, captures)
 
+    def units(self, envs: list[Mapping[sp.Symbol, Any]], block: int,
+              captures: Mapping[str, torch.Tensor] | None = None) -> list[tuple[int, int, int, int]]:
+        """``(lo, end, full_lo, full_hi)`` key positions of each segment's unit for one (sequence,
+        key/value head): ``envs`` binds each query head of the group (``h``, sizes, ``m_first``,
+        ``m_last``, ``N = L``); the host mirror of the ``attn_decode_units`` kernel (segments hulled
+        over the heads, each starting where the previous ended, mask-free keys at or before
+        ``m_first``)."""
+        caps = captures or {}
+        first = envs[0]
+        n = int(first[E.SIZE_SYMBOLS["N"]])
+        kv_end = _cdiv(n, block) * block
+        causal_full = (int(first[self.direction.first]) + 1) // block * block
+        out, end = [], 0
+        for seg in self.segments:
+            lo = min(_num(seg.lo, e, caps) for e in envs)
+            hi = max(_num(seg.hi, e, caps) for e in envs)
+            seg_lo = min(max(lo // block * block, end), kv_end)
+            seg_end = max(min(_cdiv(hi, block) * block, kv_end), seg_lo)
+            f0 = f1 = seg_lo
+            if seg.full_lo is not None and seg.full_hi is not None:
+                f_lo = max(_num(seg.full_lo, e, caps) for e in envs)
+                f_hi = min(_num(seg.full_hi, e, caps) for e in envs)
+                f0 = min(max(_cdiv(f_lo, block) * block, seg_lo), seg_end)
+                f1 = max(min(f_hi // block * block, seg_end, causal_full), f0)
+            out.append((seg_lo, seg_end, f0, f1))
+            end = seg_end
+        return out
+
 
 def block_table_plan(swept: str) -> BlockTablePlan:
     return BlockTablePlan({"keys": KEYS, "queries": QUERIES}[swept])

@@ -7,12 +7,14 @@ program covers, and the idle fraction of the last wave when the programs run ``p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from attncc.errors import InputError
+from attncc.passes.lowered import Lowered
+from attncc.passes.plans import tile_env
 from attncc.schedules.decode.partition import split_k, stream_k, wave_stats
 
 MAX_SEQUENCES = 1 << 16
@@ -44,6 +46,24 @@ def unit_tiles(lengths: Sequence[int], hkv: int, block_n: int) -> torch.Tensor:
     return per_seq.repeat_interleave(hkv)
 
 
+def spec_unit_tiles(low: Lowered, lengths: Sequence[int], heads: tuple[int, int], block_n: int, query_len: int,
+                    params: Mapping[str, Any]) -> torch.Tensor:
+    """Key tiles of each unit ``u = (b * hkv + hk) * S + s`` of a spec's decode plan (the key
+    segments of its mask for the last ``query_len`` positions, hulled over each GQA group),
+    ``[len(lengths) * hkv * S]`` int64: what the decode kernels visit."""
+    plan = low.plan("attn_decode")
+    hq, hkv = heads
+    group = hq // hkv
+    values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
+    out = []
+    for b, L in enumerate(lengths):
+        sizes = {"B": len(lengths), "H": hq, "HK": hkv, "M": L, "N": L, "D": 64, "E": 64}
+        for hk in range(hkv):
+            envs = [tile_env(plan, sizes, values, L - query_len, L - 1, b, hk * group + g) for g in range(group)]
+            out += [(end - lo) // block_n for lo, end, _, _ in plan.units(envs, block_n)]
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def _check(lengths: Sequence[int], heads: tuple[int, int], block_n: int, programs: int, query_len: int) -> None:
     hq, hkv = heads
     for name, value in (("--heads HQ", hq), ("--heads HKV", hkv), ("--block-n", block_n),
@@ -68,7 +88,7 @@ def _balance(program_tiles: torch.Tensor, sms: int) -> dict[str, Any]:
     return stats
 
 
-def _spans(tiles: torch.Tensor, part: dict[str, torch.Tensor], hkv: int) -> dict[str, Any]:
+def _spans(tiles: torch.Tensor, part: dict[str, torch.Tensor], hkv: int, segments: int = 1) -> dict[str, Any]:
     """Which units each program covers: the count for every program, the detail for the first few."""
     start, ustart = part["prog_start"].to(torch.int64), part["unit_start"].to(torch.int64)
     first, last = part["unit_first_prog"].to(torch.int64), part["unit_last_prog"].to(torch.int64)
@@ -86,17 +106,23 @@ def _spans(tiles: torch.Tensor, part: dict[str, torch.Tensor], hkv: int) -> dict
             for u in range(int(part["prog_unit"][p]), int(torch.searchsorted(ustart, hi - 1, right=True))):
                 a, b = max(lo, int(ustart[u])), min(hi, int(ustart[u + 1]))
                 if b > a:
-                    pieces.append({"b": u // hkv, "hkv": u % hkv, "tiles": [a - int(ustart[u]), b - int(ustart[u])]})
+                    pieces.append({"b": u // (hkv * segments), "hkv": u // segments % hkv, "segment": u % segments,
+                                   "tiles": [a - int(ustart[u]), b - int(ustart[u])]})
         shown.append({"program": p, "tiles": hi - lo, "units": pieces})
     return {"max_units_per_program": int(per_program.max()), "first_programs": shown}
 
 
 def decode_partition(lengths: Sequence[int], heads: tuple[int, int] = (8, 1), block_n: int = 64,
-                     programs: int = 132, query_len: int = 1) -> dict[str, Any]:
+                     programs: int = 132, query_len: int = 1, low: Lowered | None = None,
+                     params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Stream-K over ``programs`` programs and fixed split-K for a batch of sequence ``lengths``:
-    tiles per program, the units (b, hkv) programs span, and the balance of each on ``programs`` SMs."""
+    tiles per program, the units programs span, and the balance of each on ``programs`` SMs.
+    With ``low`` (a spec's decode lowering) the units are its mask's key segments
+    (:func:`spec_unit_tiles`), else one segment of every key per (sequence, kv head)."""
     _check(lengths, heads, block_n, programs, query_len)
-    tiles = unit_tiles(lengths, heads[1], block_n)
+    segments = 1 if low is None else len(low.plan("attn_decode").segments)
+    tiles = (unit_tiles(lengths, heads[1], block_n) if low is None
+             else spec_unit_tiles(low, lengths, heads, block_n, query_len, params or {}))
     total = int(tiles.sum())
     if total > MAX_TILES:
         raise InputError(f"--decode: {total} key tiles in all is more than {MAX_TILES} (int32 indices)")
@@ -106,15 +132,16 @@ def decode_partition(lengths: Sequence[int], heads: tuple[int, int] = (8, 1), bl
     return {
         "note": NOTE, "lengths": list(lengths), "heads": {"q": heads[0], "kv": heads[1]},
         "group_rows": heads[0] // heads[1] * query_len, "query_len": query_len, "block_n": block_n,
-        "units": units, "total_tiles": total,
+        "units": units, "segments_per_unit_pair": segments, "total_tiles": total,
         "stream_k": {"programs": programs, **_balance(part["prog_start"].diff(), programs),
-                     **_spans(tiles, part, heads[1])},
+                     **_spans(tiles, part, heads[1], segments)},
         "split_k": {"splits_per_unit": splits, "rule": SPLIT_RULE, **_balance(split_k(tiles, splits), programs)},
     }
 
 
 def _piece(x: dict[str, Any]) -> str:
-    return f"(b{x['b']},h{x['hkv']})[{x['tiles'][0]}:{x['tiles'][1]}]"
+    seg = f",s{x['segment']}" if x.get("segment") else ""
+    return f"(b{x['b']},h{x['hkv']}{seg})[{x['tiles'][0]}:{x['tiles'][1]}]"
 
 
 def format_decode(info: dict[str, Any]) -> str:
