@@ -7,7 +7,7 @@ Bandwidth = bytes of K and V read (sum over sequences of len * Hkv * D * 2 tenso
 / median time of ``--reps`` runs (torch.cuda.Event, after ``--warmup`` runs; the L2 cache is
 flushed before each run), and its fraction of ``--peak-gbps`` (4800 GB/s: H200 HBM3e).
 
-- attncc: ``attncc.decode(q, k_cache, v_cache, cache_seqlens=...)``.
+- attncc: ``attncc.load("causal").decode(q, k_cache, v_cache, cache_seqlens=..., check_values=False)``.
 - sdpa: ``F.scaled_dot_product_attention(..., enable_gqa=True)`` (backend chosen by torch); on
   the skewed batch, one call per sequence on its own keys (SDPA takes no per-sequence lengths).
 - flex: ``torch.compile(flex_attention)`` with a block mask keeping ``kv_idx < length`` (its
@@ -112,8 +112,10 @@ def runners(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int
     import attncc
 
     seqlens = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    fn = attncc.load("causal")
+    fn.decode(q, k, v, cache_seqlens=seqlens)  # validated once; the timed calls skip the host checks
     out: dict[str, Callable[[], torch.Tensor]] = {
-        "attncc": lambda: attncc.decode(q, k, v, cache_seqlens=seqlens)}
+        "attncc": lambda: fn.decode(q, k, v, cache_seqlens=seqlens, check_values=False)}
     if all(n == k.shape[2] for n in lengths):
         out["sdpa"] = lambda: _sdpa(q, k, v)
     else:

@@ -8,10 +8,12 @@ import re
 
 import sympy as sp
 
-from attncc.codegen.printer import HELPERS, TritonPrinter
+from attncc.codegen.literals import py_literal
+from attncc.codegen.printer import HELPERS, TritonPrinter, tile_shaped
 from attncc.errors import SpecError
 from attncc.ir import expr as E
 from attncc.ir.variant import Variant
+from attncc.passes.lowered import Lowered
 from attncc.passes.mask_analysis import m_first, m_last, n_first, n_last
 
 
@@ -104,3 +106,25 @@ def check_names(variant: Variant) -> None:
                 raise SpecError(f"{kind} name {name!r} is not a Python identifier", variant.source)
 
 
+
+
+def spec_hooks(low: Lowered, ctx: Context, tile_pr: TritonPrinter) -> dict[str, str]:
+    """The hooks every schedule's template shares: the score modification and mask functions
+    (``score_mod``/``mask_mod`` called with ``off_b, off_h, offs_m, offs_n`` and the context), the
+    context arguments, and the module constants (default configs, captures, params, GQA)."""
+    call_args = f"off_b, off_h, offs_m, offs_n, {ctx.hooks}"
+    identity = low.modify == E.score
+    return {
+        "MOD_ARGS": f"s, {call_args}",
+        "MOD_EXPR": tile_pr.doprint(low.modify),
+        "APPLY_MOD": "# identity score modification" if identity else f"s = {tile_shaped('score_mod', low.modify, call_args)}",
+        "MASK_ARGS": call_args,
+        "MASK_EXPR": tile_pr.doprint(low.mask),
+        "MASK_CALL": call_args,
+        "CTX": "".join(f" {x}," for x in ctx.extra),
+        "CTX_ALL": ctx.all,
+        "DEFAULT_CONFIGS": py_literal({k: dict(v) for k, v in low.schedule.default_configs.items()}),
+        "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in ctx.variant.captures]),
+        "PARAM_DEFAULTS": py_literal({p.name: p.default for p in ctx.variant.params}),
+        "GQA": py_literal(bool(low.is_gqa)),
+    }

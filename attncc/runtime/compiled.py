@@ -74,14 +74,17 @@ class CompiledAttention:
     def decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
                cache_seqlens: torch.Tensor | None = None, block_table: torch.Tensor | None = None,
                scale: float | None = None, return_lse: bool = False, config: dict[str, int] | None = None,
-               programs: int | None = None, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+               programs: int | None = None, check_values: bool = True,
+               **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Decode: q ``[B, H, Lq, D]``, the last Lq positions of each sequence, against a KV cache,
         contiguous ``[B, HK, Lmax, D]`` or paged ``[num_pages, HK, page_size, D]`` with
         ``block_table [B, pages_per_seq]`` (int32); ``cache_seqlens [B]`` int32 (None: full).
-        Stream-K over ``programs`` persistent programs (default: the SM count).  See
-        :mod:`attncc.runtime.decode`."""
+        Stream-K over ``programs`` persistent programs (default: the SM count).  ``check_values``
+        False skips the range checks of lengths and page ids, which read them on the host (for
+        CUDA graphs and tight loops).  See :mod:`attncc.runtime.decode`."""
         return decode_compiled(self, q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,
-                               scale=scale, return_lse=return_lse, config=config, programs=programs, **kwargs)
+                               scale=scale, return_lse=return_lse, config=config, programs=programs,
+                               check_values=check_values, **kwargs)
 
     def module_for(self, key: str) -> Any:
         for gen in (self.generated, self._table_variant, self._decode_variant):

@@ -66,6 +66,12 @@ class Schedule(ABC):
     def kernels_of(self, kind: str) -> tuple[KernelDecl, ...]:
         return tuple(k for k in self.kernels if k.kind == kind)
 
+    def check_kind(self, kind: str) -> str:
+        """``kind``, if this schedule has kernels of it; else a ``KeyError``."""
+        if kind not in self.kinds:
+            raise KeyError(f"the {self.name} schedule has no kernels of kind {kind!r} ({', '.join(self.kinds)})")
+        return kind
+
     def default_config(self, kind: str, head_dim: int) -> Config:
         return lookup_default(self.default_configs[kind], head_dim)
 

@@ -149,6 +149,9 @@ def test_split_states_merge_exactly(programs: int) -> None:
     fn = attncc.load("causal")
     one = fn.decode(q, c["k"], c["v"], cache_seqlens=sl, return_lse=True, config=TILES, programs=1)
     got = fn.decode(q, c["k"], c["v"], cache_seqlens=sl, return_lse=True, config=TILES, programs=programs)
+    unchecked = fn.decode(q, c["k"], c["v"], cache_seqlens=sl, return_lse=True, config=TILES, programs=programs,
+                          check_values=False)
+    assert torch.equal(unchecked[0], got[0]), "check_values=False changed the result"
     assert torch.allclose(got[0], one[0], atol=1e-6, rtol=0), f"programs={programs}: output"
     assert torch.allclose(got[1], one[1], atol=1e-6, rtol=0), f"programs={programs}: lse"
     _check(f"causal programs={programs}", "causal", got, q, c, {})

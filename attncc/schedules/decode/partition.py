@@ -81,13 +81,15 @@ def wave_stats(program_tiles: torch.Tensor, sms: int) -> dict:
 
 
 def check_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: object,
-                 block_table: object) -> tuple:
+                 block_table: object, values: bool = True) -> tuple:
     """Checks of a decode call; returns ``(seqlens [B] int32, paged)``.
 
     q ``[B, Hq, Lq, D]``; contiguous caches ``[B, Hkv, Lmax, D]`` (``block_table`` None) or paged
     ``[num_pages, Hkv, page_size, D]`` with ``block_table [B, pages_per_seq]`` int32;
     ``cache_seqlens [B]`` int32 (None: every sequence fills the cache, contiguous only).
-    Host synchronisation: only to check the lengths and page ids are in range.
+    Host synchronisation: only to check the lengths and page ids are in range, which ``values``
+    False skips (shapes and dtypes are still checked; lengths or pages out of range then read
+    outside the cache).
     """
     for label, t in (("query", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -116,6 +118,8 @@ def check_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                 tuple(cache_seqlens.shape) != (B,):
             raise DecodeError(f"cache_seqlens must be an int32 tensor [{B}]")
         seqlens = cache_seqlens
+    if not values:
+        return seqlens, paged
     _check_lengths(seqlens, Lq, capacity)
     if paged:
         _check_pages(block_table, seqlens, k_cache.shape[0], k_cache.shape[2])

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attncc.codegen.context import Context, check_names, fill_hooks, helper_source
+from attncc.codegen.context import Context, check_names, fill_hooks, helper_source, spec_hooks
 from attncc.codegen.launch_text import emitted_source, launch_source
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.merge import merge_source
 from attncc.codegen.plans import Loop, emit_plan
-from attncc.codegen.printer import tile_shaped
 from attncc.codegen.rules import print_rules
-from attncc.ir import expr as E
 from attncc.passes.lowered import Lowered
 from attncc.version import __version__
 
@@ -58,27 +56,14 @@ def render(low: Lowered, source_key: str) -> str:
     ctx = Context(variant)
     tile_pr = ctx.printer(tile=True)
     bound_pr = ctx.printer(tile=False)
-    identity = low.modify == E.score
-    call_args = f"off_b, off_h, offs_m, offs_n, {ctx.hooks}"
     update, _ = print_rules(low.softmax.update, UPDATE_RANKS, names=STATE_NAMES, before_use={"v": V_LOAD})
     plan = low.plan("attn_decode_units")
     hooks = {
+        **spec_hooks(low, ctx, tile_pr),
         "HEADER": _header(low, source_key),
-        "MOD_ARGS": f"s, {call_args}",
-        "MOD_EXPR": tile_pr.doprint(low.modify),
-        "APPLY_MOD": "# identity score modification" if identity else f"s = {tile_shaped('score_mod', low.modify, call_args)}",
-        "MASK_ARGS": call_args,
-        "MASK_EXPR": tile_pr.doprint(low.mask),
-        "MASK_CALL": call_args,
-        "CTX": "".join(f" {x}," for x in ctx.extra),
-        "CTX_ALL": ctx.all,
         "UNITS": emit_plan(plan, bound_pr, Loop("", "n0", "BLOCK_N", "")),
         "SOFTMAX_UPDATE": "\n".join(update),
         "MERGE": merge_source(low.graph),
-        "DEFAULT_CONFIGS": py_literal({k: dict(v) for k, v in low.schedule.default_configs.items()}),
-        "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in variant.captures]),
-        "PARAM_DEFAULTS": py_literal({p.name: p.default for p in variant.params}),
-        "GQA": py_literal(bool(low.is_gqa)),
         "SEGMENTS": py_literal(len(plan.segments)),
         "LAUNCH": launch_source(),
         "PARTITION": emitted_source(PARTITION),

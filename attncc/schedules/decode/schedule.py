@@ -78,22 +78,22 @@ class DecodeSchedule(Schedule):
         return render(low, source_key)
 
     def space(self, kind: str) -> ConfigSpace:
-        self._check_kind(kind)
+        self.check_kind(kind)
         return SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
-        self._check_kind(kind)
+        self.check_kind(kind)
         return 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
 
     def bytes_moved(self, kind: str, shape: Shape, dtype: str, config: Mapping[str, int]) -> float:
         """K and V once per head (an upper bound: GQA groups read them once per key/value head), Q and O once."""
-        self._check_kind(kind)
+        self.check_kind(kind)
         e = ELEM_BYTES[dtype]
         return shape.B * shape.H * (shape.N + shape.M) * (shape.D + shape.E) * e
 
     def programs(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
         """min(key tiles of all heads, :data:`PROGRAMS`)."""
-        self._check_kind(kind)
+        self.check_kind(kind)
         return min(shape.B * shape.H * _cdiv(shape.N, config["BLOCK_N"]), PROGRAMS)
 
     def inner_iterations(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
@@ -102,13 +102,13 @@ class DecodeSchedule(Schedule):
         return _cdiv(tiles, self.programs(kind, shape, config))
 
     def padding(self, kind: str, shape: Shape, config: Mapping[str, int]) -> float:
-        self._check_kind(kind)
+        self.check_kind(kind)
         return _cdiv(shape.N, config["BLOCK_N"]) * config["BLOCK_N"] / shape.N
 
     def benchmark_call(self, module: Any, kind: str, inputs: Mapping[str, Any], config: Mapping[str, int],
                        captures: Mapping[str, Any], params: Mapping[str, Any]) -> Any:
         """``decode_forward`` of ``inputs`` (``q`` holds the new queries, ``k``/``v`` the caches)."""
-        self._check_kind(kind)
+        self.check_kind(kind)
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         cfg, caps = dict(config), dict(captures)
         return lambda: module.decode_forward(q, k, v, config=cfg, captures=caps, **params)
@@ -121,10 +121,6 @@ class DecodeSchedule(Schedule):
                 "mask": {"predicate": str(low.mask_keys.predicate), "analysis": low.mask_keys.note,
                          "units": low.plan("attn_decode").describe()}}
 
-    def _check_kind(self, kind: str) -> str:
-        if kind not in self.kinds:
-            raise KeyError(f"the {self.name} schedule has no kernels of kind {kind!r} ({', '.join(self.kinds)})")
-        return kind
 
 
 DECODE = DecodeSchedule()

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attncc.codegen.context import Context, check_names, fill_hooks, helper_source
+from attncc.codegen.context import Context, check_names, fill_hooks, helper_source, spec_hooks
 from attncc.codegen.launch_text import launch_source
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.plans import Loop, emit_plan, plan_params
-from attncc.codegen.printer import tile_shaped
 from attncc.codegen.rules import print_rules
-from attncc.ir import expr as E
 from attncc.passes.lowered import Lowered
 from attncc.schedules.prefill.backward import backward_hooks as _backward_hooks
 from attncc.version import __version__
@@ -84,26 +82,14 @@ def render(low: Lowered, source_key: str) -> str:
     ctx = Context(variant)
     tile_pr = ctx.printer(tile=True)
     bound_pr = ctx.printer(tile=False)
-    identity = low.modify == E.score
     call_args = f"off_b, off_h, offs_m, offs_n, {ctx.hooks}"
     tile_call = ("acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K_base, V_base, n0, offs_m, offs_d, offs_e, "
                  f"off_b, off_h, stride_kn, stride_vn, {ctx.all}, HEAD_D, HEAD_E, BLOCK_N, {{masked}}, DOT_PRECISION)")
     hooks = {
+        **spec_hooks(low, ctx, tile_pr),
         "HEADER": _header(low, source_key),
-        "MOD_ARGS": f"s, {call_args}",
-        "MOD_EXPR": tile_pr.doprint(low.modify),
-        "APPLY_MOD": "# identity score modification" if identity else f"s = {tile_shaped('score_mod', low.modify, call_args)}",
-        "MASK_ARGS": call_args,
-        "MASK_EXPR": tile_pr.doprint(low.mask),
-        "MASK_CALL": call_args,
         "KV_HEAD": bound_pr.doprint(low.kv_head),
-        "CTX": "".join(f" {x}," for x in ctx.extra),
-        "CTX_ALL": ctx.all,
         "SEGMENTS": emit_plan(low.plan("attn_fwd"), bound_pr, Loop(tile_call, "n0", "BLOCK_N", "log_row")),
-        "DEFAULT_CONFIGS": py_literal({k: dict(v) for k, v in low.schedule.default_configs.items()}),
-        "CAPTURE_LIST": py_literal([(c.name, c.ndim) for c in variant.captures]),
-        "PARAM_DEFAULTS": py_literal({p.name: p.default for p in variant.params}),
-        "GQA": py_literal(bool(low.is_gqa)),
         "BLOCK_TABLES": py_literal(bool(_table_ints(low))),
         "PLAN_PARAMS_FWD": plan_params(low.plan("attn_fwd")),
         "PLAN_PARAMS_DQ": plan_params(low.plan("attn_bwd_dq")),

@@ -107,12 +107,12 @@ class PrefillSchedule(Schedule):
         return render(low, source_key)
 
     def space(self, kind: str) -> ConfigSpace:
-        self._check_kind(kind)
+        self.check_kind(kind)
         return SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
         f = 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
-        return f * (BWD_FLOP_FACTOR if self._check_kind(kind) == "bwd" else 1.0)
+        return f * (BWD_FLOP_FACTOR if self.check_kind(kind) == "bwd" else 1.0)
 
     def bytes_moved(self, kind: str, shape: Shape, dtype: str, config: Mapping[str, int]) -> float:
         """Q and O once; K and V once per query tile (the prefill schedule re-reads them)."""
@@ -120,20 +120,20 @@ class PrefillSchedule(Schedule):
         q_o = shape.B * shape.H * shape.M * (shape.D + shape.E) * e
         kv = shape.B * shape.H * shape.N * (shape.D + shape.E) * e
         total = q_o + kv * _cdiv(shape.M, int(config["BLOCK_M"]))
-        return total * (2.0 if self._check_kind(kind) == "bwd" else 1.0)
+        return total * (2.0 if self.check_kind(kind) == "bwd" else 1.0)
 
     def programs(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
         """fwd: B*H*cdiv(M, BLOCK_M); bwd (its dK/dV kernel): B*H*cdiv(N, BLOCK_N)."""
-        extent, block = (shape.M, "BLOCK_M") if self._check_kind(kind) == "fwd" else (shape.N, "BLOCK_N")
+        extent, block = (shape.M, "BLOCK_M") if self.check_kind(kind) == "fwd" else (shape.N, "BLOCK_N")
         return shape.B * shape.H * _cdiv(extent, config[block])
 
     def inner_iterations(self, kind: str, shape: Shape, config: Mapping[str, int]) -> int:
         """fwd: N/BLOCK_N key tiles; bwd: M/BLOCK_M query tiles (dense bound)."""
-        extent, block = (shape.N, "BLOCK_N") if self._check_kind(kind) == "fwd" else (shape.M, "BLOCK_M")
+        extent, block = (shape.N, "BLOCK_N") if self.check_kind(kind) == "fwd" else (shape.M, "BLOCK_M")
         return _cdiv(extent, config[block])
 
     def padding(self, kind: str, shape: Shape, config: Mapping[str, int]) -> float:
-        self._check_kind(kind)
+        self.check_kind(kind)
         return _pad(shape.M, config["BLOCK_M"]) * _pad(shape.N, config["BLOCK_N"])
 
     def benchmark_call(self, module: Any, kind: str, inputs: Mapping[str, Any], config: Mapping[str, int],
@@ -141,7 +141,7 @@ class PrefillSchedule(Schedule):
         """fwd: ``attention_forward``; bwd: ``attention_backward`` of a forward run once up front."""
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         cfg, caps = dict(config), dict(captures)
-        if self._check_kind(kind) == "fwd":
+        if self.check_kind(kind) == "fwd":
             return lambda: module.attention_forward(q, k, v, config=cfg, captures=caps, **params)
         o, lse = module.attention_forward(q, k, v, config=cfg, captures=caps, **params)
         do = o.new_empty(o.shape).normal_()
@@ -157,10 +157,6 @@ class PrefillSchedule(Schedule):
         bm, bn = tiles or (cfg["BLOCK_M"], cfg["BLOCK_N"])
         return tile_map(low, shape, bm, bn, params, self.prefers_block_table(low), captures or {})
 
-    def _check_kind(self, kind: str) -> str:
-        if kind not in self.kinds:
-            raise KeyError(f"the {self.name} schedule has no kernels of kind {kind!r} ({', '.join(self.kinds)})")
-        return kind
 
 
 PREFILL = PrefillSchedule()
