@@ -79,7 +79,7 @@ class CompiledAttention:
         """Decode: q ``[B, H, Lq, D]``, the last Lq positions of each sequence, against a KV cache,
         contiguous ``[B, HK, Lmax, D]`` or paged ``[num_pages, HK, page_size, D]`` with
         ``block_table [B, pages_per_seq]`` (int32); ``cache_seqlens [B]`` int32 (None: full).
-        Stream-K over ``programs`` persistent programs (default: the SM count).  ``check_values``
+        Stream-K over ``programs`` persistent programs (default: 8 warps of programs per SM).  ``check_values``
         False skips the range checks of lengths and page ids, which read them on the host (for
         CUDA graphs and tight loops).  See :mod:`attncc.runtime.decode`."""
         return decode_compiled(self, q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table,

@@ -51,7 +51,7 @@ def spec_unit_tiles(low: Lowered, lengths: Sequence[int], heads: tuple[int, int]
     """Key tiles of each unit ``u = (b * hkv + hk) * S + s`` of a spec's decode plan (the key
     segments of its mask for the last ``query_len`` positions, hulled over each GQA group),
     ``[len(lengths) * hkv * S]`` int64: what the decode kernels visit."""
-    plan = low.plan("attn_decode")
+    plan = low.plan(low.schedule.kernels[0].name)  # every decode kernel follows the pages plan
     hq, hkv = heads
     group = hq // hkv
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
@@ -120,7 +120,7 @@ def decode_partition(lengths: Sequence[int], heads: tuple[int, int] = (8, 1), bl
     With ``low`` (a spec's decode lowering) the units are its mask's key segments
     (:func:`spec_unit_tiles`), else one segment of every key per (sequence, kv head)."""
     _check(lengths, heads, block_n, programs, query_len)
-    segments = 1 if low is None else len(low.plan("attn_decode").segments)
+    segments = 1 if low is None else len(low.plan(low.schedule.kernels[0].name).segments)
     tiles = (unit_tiles(lengths, heads[1], block_n) if low is None
              else spec_unit_tiles(low, lengths, heads, block_n, query_len, params or {}))
     total = int(tiles.sum())

@@ -20,6 +20,7 @@ from attncc.ir import expr as E
 from attncc.spec import names as N
 from attncc.spec.model import CAPTURE_DTYPES, CaptureDecl, ParamDecl, Spec
 from attncc.spec.parser import Location, Scope, parse_expression, parse_tree
+from attncc.spec.recurrence import RecurrenceBuilder, RecurrenceSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +35,7 @@ def _library_dir() -> Path:
 
 LIBRARY_DIR = _library_dir()
 
-TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "cascade"}
+TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "cascade", "state"}
 CASCADE_KEYS = {"score", "modify", "mask", "normalize", "output"}
 INPUT_ROLES = {"q": ("b", "h", "m", "d"), "k": ("b", "hk", "n", "d"), "v": ("b", "hk", "n", "e")}
 KNOWN_INDICES = ("b", "h", "hk", "m", "n", "d", "e")
@@ -49,7 +50,7 @@ def library() -> dict[str, Path]:
     return {p.stem: p for p in sorted(LIBRARY_DIR.glob("*.toml"))}
 
 
-def resolve(ref: str | Path) -> Spec:
+def resolve(ref: str | Path) -> Spec | RecurrenceSpec:
     """Load ``ref``: a path to a spec file, or the name of a built-in spec."""
     path = Path(ref)
     if path.suffix == ".toml" or path.exists():
@@ -62,7 +63,7 @@ def resolve(ref: str | Path) -> Spec:
     raise SpecError(f"unknown spec '{ref}': not a file and not a built-in ({', '.join(lib)})")
 
 
-def load_file(path: Path) -> Spec:
+def load_file(path: Path) -> Spec | RecurrenceSpec:
     """Load one spec file; unreadable or non-UTF-8 files are one-line errors."""
     try:
         if path.stat().st_size > MAX_SPEC_BYTES:
@@ -103,7 +104,7 @@ class _Locator:
         return Location(self.file, 1, 0)
 
 
-def load_text(text: str, file: str = "<spec>") -> Spec:
+def load_text(text: str, file: str = "<spec>") -> Spec | RecurrenceSpec:
     """Parse TOML text of a spec."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError(f"spec text longer than {MAX_SPEC_BYTES} characters", f"{file}:1:1")
@@ -140,7 +141,7 @@ class _SpecBuilder:
             raise self.err(section, key, f"'{key}' must be {what}")
         return val
 
-    def build(self) -> Spec:
+    def build(self) -> Spec | RecurrenceSpec:
         unknown = set(self.doc) - TOP_KEYS
         if unknown:
             raise self.err("", sorted(unknown)[0], f"unknown key '{sorted(unknown)[0]}'")
@@ -150,6 +151,10 @@ class _SpecBuilder:
         description = self.doc.get("description", "")
         if not isinstance(description, str):
             raise self.err("", "description", "'description' must be a string")
+        if "state" in self.doc:  # a linear recurrence (attncc.spec.recurrence)
+            if "indices" in self.doc:
+                raise self.err("", "indices", "a recurrence has no [indices] section")
+            return RecurrenceBuilder(self, name, description).build()
         kv_head = self.inputs()
         params = self.params()
         captures = self.captures(params)

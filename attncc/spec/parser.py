@@ -99,6 +99,9 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., sp.Basic]]] = {
     "clamp": (3, _clamp),
     "where": (3, E.where),
     "log2": (1, lambda x: sp.log(x) / sp.log(2)),
+    "relu": (1, lambda x: E.where(x > 0, x, 0)),
+    "elu": (1, lambda x: E.where(x > 0, x, sp.exp(x) - 1)),
+    "softplus": (1, lambda x: sp.log(1 + sp.exp(x))),
 }
 
 CONSTANTS: dict[str, sp.Basic] = {"inf": sp.oo, "pi": sp.pi, "True": sp.true, "False": sp.false}
