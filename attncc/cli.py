@@ -216,7 +216,8 @@ def check(spec: str, shape: str, dtype: str, params: tuple[str, ...], as_json: b
     else:
         click.echo(f"{result['spec']} {result['dtype']} shape {result['shape']} on {result['device']}: "
                    f"output max err {result['out_err']:.3g} (torch {dtype} {result['torch_out_err']:.3g}), "
-                   f"lse max err {result['lse_err']:.3g} -> {'PASS' if result['ok'] else 'FAIL'}")
+                   f"{'final state' if result.get('recurrence') else 'lse'} max err {result['lse_err']:.3g} -> "
+                   f"{'PASS' if result['ok'] else 'FAIL'}")
     if not result["ok"]:
         sys.exit(1)
 

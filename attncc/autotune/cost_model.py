@@ -15,7 +15,7 @@ Occupancy (blocks resident per SM)::
 Waves and padding::
 
     programs = grid size of the kind (fwd: B*H*ceil(M/BLOCK_M); bwd: B*H*ceil(N/BLOCK_N);
-               decode: min(key tiles, 132) persistent programs; recurrence: B*H*ceil(D/BLOCK_K)*ceil(E/BLOCK_V))
+               decode: min(key tiles, 132) persistent programs; recurrence: ceil(E/BLOCK_V)*ceil(M/CHUNK)*B*H)
     waves    = ceil(programs / (SMs * blocks_per_sm))          # tail effect: partial waves cost a full one
     padding  = work done on padded tiles / useful work (>= 1)
 
@@ -139,28 +139,7 @@ def blocks_per_sm(report: KernelReport, num_warps: int, spec: TargetSpec) -> int
     return max(0, min(spec.max_blocks_per_sm, by_regs, by_smem, by_threads))
 
 
-# Kinds of the schedules still to come (issue 11): their grid and loop models live here until
-# their Schedule objects do.  Every registered schedule's kinds use the schedule's own model.
-def _recurrence_programs(shape: Shape, config: Mapping[str, int]) -> int:
-    return shape.B * shape.H * _cdiv(shape.D, config["BLOCK_K"]) * _cdiv(shape.E, config["BLOCK_V"])
-
-
-def _recurrence_padding(shape: Shape, config: Mapping[str, int]) -> float:
-    return _pad(shape.M, config["CHUNK"]) * _pad(shape.D, config["BLOCK_K"]) * _pad(shape.E, config["BLOCK_V"])
-
-
-def _recurrence_iterations(shape: Shape, config: Mapping[str, int]) -> int:
-    return _cdiv(shape.M, config["CHUNK"])
-
-
-_UNSCHEDULED: dict[str, tuple[Any, Any, Any]] = {
-    "recurrence": (_recurrence_programs, _recurrence_padding, _recurrence_iterations),
-}
-
-
 def _model(kind: str, which: int) -> Any:
-    if kind in _UNSCHEDULED:
-        return _UNSCHEDULED[kind][which]
     try:
         sched = by_kind(kind)
     except KeyError:

@@ -8,7 +8,7 @@ import re
 
 import sympy as sp
 
-from attncc.codegen.literals import py_literal
+from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.printer import HELPERS, TritonPrinter, tile_shaped
 from attncc.errors import SpecError
 from attncc.ir import expr as E
@@ -128,3 +128,32 @@ def spec_hooks(low: Lowered, ctx: Context, tile_pr: TritonPrinter) -> dict[str, 
         "PARAM_DEFAULTS": py_literal({p.name: p.default for p in ctx.variant.params}),
         "GQA": py_literal(bool(low.is_gqa)),
     }
+
+
+def _no_load(ld: E.Load, pr: TritonPrinter) -> str:
+    raise ValueError(f"a feature map reads no tensor (got {ld.tensor_name})")
+
+
+def feature_hooks(feature: sp.Expr, feature_grad: sp.Expr, x: sp.Symbol) -> dict[str, str]:
+    """``{{FEATURE}}`` of the recurrence templates: ``feature(x)`` (phi) and ``feature_grad(x)``
+    (phi'), printed from the IR's feature map and its symbolic derivative; each returns a tensor
+    shaped like ``x`` (a constant is broadcast)."""
+    pr = TritonPrinter({x: "x"}, _no_load)
+
+    def body(expr: sp.Expr) -> str:
+        text = pr.doprint(expr)
+        return text if x in expr.free_symbols else f"{text} + tl.zeros_like(x)"
+
+    return {"FEATURE": "\n".join([
+        "@triton.jit",
+        "def feature(x):",
+        f'    """phi(x) = {doc_text(str(feature))}"""',
+        f"    return {body(feature)}",
+        "",
+        "",
+        "@triton.jit",
+        "def feature_grad(x):",
+        f'    """d phi / d x = {doc_text(str(feature_grad))}"""',
+        f"    return {body(feature_grad)}",
+        "",
+    ])}

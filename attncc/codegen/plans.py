@@ -14,7 +14,7 @@ from collections.abc import Callable
 from attncc.codegen.literals import comment_text
 from attncc.codegen.printer import TritonPrinter
 from attncc.passes.mask_analysis import KEYS, Segment
-from attncc.passes.plans import BlockTablePlan, PagePlan, Plan, SegmentPlan
+from attncc.passes.plans import BlockTablePlan, ChunkPlan, PagePlan, Plan, SegmentPlan
 
 # What one visit adds to its tile's log entry: a tile visited once reads 1 (full) or 16 (masked).
 LOG_WEIGHTS: dict[str, int] = {"full": 1, "masked": 16}
@@ -140,7 +140,13 @@ def _emit_pages(plan: PagePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
     return lines
 
 
-EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments,
+def _emit_chunks(plan: ChunkPlan, pr: TritonPrinter, loop: Loop) -> list[str]:
+    """The chunk sweep is fixed in the recurrence templates: this prints its description (a comment)."""
+    order = "last to first" if plan.reverse else "first to last"
+    return [f"# tokens swept {order}, {loop.block} at a time; the state is carried between chunks in fp32"]
+
+
+EMITTERS: dict[str, Callable[..., list[str]]] = {SegmentPlan.kind: _emit_segments, ChunkPlan.kind: _emit_chunks,
                                                  BlockTablePlan.kind: _emit_block_table,
                                                  PagePlan.kind: _emit_pages}
 

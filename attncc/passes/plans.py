@@ -18,6 +18,9 @@ Plan kinds:
   or supplied by the caller (data-dependent sparsity).  A table block may span several kernel
   tiles (block sizes are multiples of the tile sizes).
 
+* :class:`ChunkPlan` (``"chunks"``): linear recurrences.  The tokens of each sequence in order
+  (reversed for the anti-causal half of a bidirectional spec), ``block`` at a time (a chunk of
+  the chunkwise kernels, one token of the recurrent kernel), the state carried between them.
 * :class:`PagePlan` (``"pages"``): decode.  The key segments of the mask analysis for the rows
   of one sequence's last ``Lq`` positions (``m_first = L - Lq``, ``m_last = L - 1``, ``M = N = L``),
   hulled over the query heads of a GQA group; each segment is one unit of stream-K work, its
@@ -240,6 +243,34 @@ class PagePlan:
             out.append((seg_lo, seg_end, f0, f1))
             end = seg_end
         return out
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Tokens swept in order, a chunk at a time, carrying a recurrence's state (kind ``"chunks"``)."""
+
+    kind: ClassVar[str] = "chunks"
+    length: sp.Symbol  # the sequence length symbol (T)
+    reverse: bool = False
+    direction: Direction = KEYS
+
+    @property
+    def swept(self) -> str:
+        return "tokens"
+
+    def describe(self) -> list[dict[str, Any]]:
+        order = "last to first" if self.reverse else "first to last"
+        return [{"tokens": f"[0, {self.length}) {order}, a chunk at a time", "full": None,
+                 "where": "the state is carried between chunks (fp32)"}]
+
+    def visits(self, env: Mapping[sp.Symbol, Any], block: int,
+               captures: Mapping[str, torch.Tensor] | None = None,
+               tables: Mapping[str, Any] | None = None) -> list[TileVisit]:
+        """The chunk starts, in visiting order (the last chunk masked when ``block`` does not divide T)."""
+        T = int(env[self.length])
+        starts = list(range(0, T, block))
+        out = [TileVisit(s, s + block > T) for s in starts]
+        return out[::-1] if self.reverse else out
 
 
 def block_table_plan(swept: str) -> BlockTablePlan:

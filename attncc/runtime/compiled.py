@@ -21,6 +21,7 @@ from attncc.runtime.decode import decode_compiled
 from attncc.runtime.trace import trace
 from attncc.spec.loader import resolve
 from attncc.spec.model import CaptureDecl, Spec
+from attncc.spec.recurrence import RecurrenceSpec
 
 _COMPILED: dict[str, CompiledAttention] = {}
 
@@ -143,17 +144,24 @@ class CompiledAttention:
         return lookup_config(self.spec.tuning_hash, kind, (B, H, max(M, 1), max(N, 1), D, E), dtype, default)
 
 
-def compile_spec(spec: Spec) -> CompiledAttention:
-    """Compile (or fetch) the kernel of ``spec``, memoised by content hash."""
+def compile_spec(spec: Spec | RecurrenceSpec) -> Any:
+    """Compile (or fetch) the kernels of ``spec``, memoised by content hash: a
+    :class:`CompiledAttention`, or a :class:`~attncc.runtime.recurrence.CompiledRecurrence` for a
+    recurrence spec."""
     key = spec.content_hash
     if key not in _COMPILED:
-        _COMPILED[key] = CompiledAttention(spec)
+        if isinstance(spec, RecurrenceSpec):
+            from attncc.runtime.recurrence import CompiledRecurrence
+
+            _COMPILED[key] = CompiledRecurrence(spec)  # type: ignore[assignment]
+        else:
+            _COMPILED[key] = CompiledAttention(spec)
     return _COMPILED[key]
 
 
-def load(spec: str | Spec) -> CompiledAttention:
-    """The compiled callable of a spec file path, a built-in spec name, or a :class:`Spec`."""
-    return compile_spec(spec if isinstance(spec, Spec) else resolve(spec))
+def load(spec: str | Spec | RecurrenceSpec) -> Any:
+    """The compiled callable of a spec file path, a built-in spec name, or a parsed spec."""
+    return compile_spec(spec if isinstance(spec, (Spec, RecurrenceSpec)) else resolve(spec))
 
 
 def _dtype_name(t: torch.Tensor) -> str:

@@ -10,21 +10,25 @@ import torch
 from attncc.errors import InputError
 from attncc.ir.build import build_cascade
 from attncc.ir.graph import describe, sweeps_over
+from attncc.ir.scan import build_scan
 from attncc.ir.variant import Variant
 from attncc.passes.lowered import Lowered
 from attncc.spec.model import CaptureDecl, Spec
+from attncc.spec.recurrence import RecurrenceSpec
 
 
-def explain(spec: Spec, low: Lowered, shape: tuple[int, ...] | None, params: dict[str, Any] | None = None,
+def explain(spec: Spec | RecurrenceSpec, low: Lowered, shape: tuple[int, ...] | None, params: dict[str, Any] | None = None,
             tiles: tuple[int, int] | None = None, captures: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Everything ``attncc explain`` prints, as data (the schedule section from ``low.schedule.explain``;
     ``captures`` gives values of captured tensors, e.g. from :func:`run_captures`)."""
-    naive = build_cascade(spec)
+    naive = build_scan(spec) if isinstance(spec, RecurrenceSpec) else build_cascade(spec)
+    index = "t" if isinstance(spec, RecurrenceSpec) else "n"
     out: dict[str, Any] = {
         "spec": low.variant.name, "description": low.variant.description,
         "cascade": describe(naive),
         "passes": [{"name": r.name, "changed": r.changed, "note": r.note} for r in low.records],
-        "passes_over_n": {"before": sweeps_over(naive, "n"), "after": sweeps_over(low.graph, "n")},
+        "passes_over_n": {"index": index, "before": sweeps_over(naive, index),
+                          "after": sweeps_over(low.graph, index)},
         "lowered": describe(low.graph),
     }
     out.update(low.schedule.explain(low, shape, params or {}, tiles, captures or {}))
@@ -79,14 +83,20 @@ def format_explain(info: dict[str, Any]) -> str:
     lines += [f"  {x}" for x in info["cascade"]]
     lines += ["", "Passes:"] + [f"  {p['name']}: {p['note']}" for p in info["passes"]]
     po = info["passes_over_n"]
-    lines += [f"  passes over n: {po['before']} -> {po['after']} (online softmax)", "", "Lowered cascade:"]
+    how = "online softmax" if po["index"] == "n" else "one scan"
+    lines += [f"  passes over {po['index']}: {po['before']} -> {po['after']} ({how})", "", "Lowered cascade:"]
     lines += [f"  {x}" for x in info["lowered"]]
     lines += ["", f"Schedule: {info['schedule']['name']} — {info['schedule']['description']}"]
     lines += [f"  kernel {k['name']} ({k['kind']}): grid {k['grid']}, {k['plan']} plan over {k['sweeps']}"
               for k in info["schedule"].get("kernels", [])]
-    lines += ["", f"Mask: {info['mask']['predicate']}  ({info['mask']['analysis']})"]
-    for i, s in enumerate(info["mask"]["segments"], 1):
-        lines.append(f"  segment {i}: keys {s['keys']}, full tiles {s['full'] or 'none (mask evaluated)'}")
+    if "recurrence" in info:
+        r = info["recurrence"]
+        lines += ["", f"Recurrence: phi(x) = {r['feature']} (d phi/dx = {r['feature_grad']}), log-gate {r['gate']} "
+                  f"({r['gate_kind']}{', must be <= 0' if r['decay'] else ''}), {r['direction']}"]
+    if "mask" in info:
+        lines += ["", f"Mask: {info['mask']['predicate']}  ({info['mask']['analysis']})"]
+        for i, s in enumerate(info["mask"].get("segments", []), 1):
+            lines.append(f"  segment {i}: keys {s['keys']}, full tiles {s['full'] or 'none (mask evaluated)'}")
     if "tiles" in info:
         t = info["tiles"]
         lines += ["", f"Shape {info['shape']}:"]

@@ -7,10 +7,12 @@ Adding a schedule: a new module (package) under ``attncc/schedules/`` with its t
 from __future__ import annotations
 
 from attncc.schedules.base import KernelDecl, Schedule
+from attncc.schedules.chunkwise import CHUNKWISE
 from attncc.schedules.decode import DECODE
 from attncc.schedules.prefill import PREFILL
+from attncc.schedules.recurrent import RECURRENT
 
-SCHEDULES: tuple[Schedule, ...] = (DECODE, PREFILL)
+SCHEDULES: tuple[Schedule, ...] = (DECODE, PREFILL, RECURRENT, CHUNKWISE)
 
 __all__ = ["SCHEDULES", "KernelDecl", "Schedule", "by_kind", "by_name"]
 

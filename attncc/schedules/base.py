@@ -75,6 +75,12 @@ class Schedule(ABC):
     def default_config(self, kind: str, head_dim: int) -> Config:
         return lookup_default(self.default_configs[kind], head_dim)
 
+    def aot_signature(self, module: Any, kernel: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
+                      config: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Any]] | None:
+        """Triton signature and constexprs of ``kernel`` of ``module`` for an ahead-of-time compile,
+        when the schedule has its own (None: attncc derives them from the :class:`KernelDecl`)."""
+        return None
+
     def aot_constexprs(self, kernel: KernelDecl) -> dict[str, Any]:
         """Values of ``kernel``'s own constexprs for an ahead-of-time compile (beyond the shared
         head dims, tiles and dot precision)."""
