@@ -39,7 +39,7 @@ def test_explain_reports_passes_and_tiles() -> None:
     code, out, _ = run("explain", "sliding_window", "--shape", "1,1,1024,1024,64", "--param", "window=128", "--json")
     assert code == 0
     info = json.loads(out)
-    assert info["passes_over_n"] == {"before": 3, "after": 1}
+    assert info["passes_over_n"] == {"index": "n", "before": 3, "after": 1}
     t = info["tiles"]
     assert t["total"] == 8 * 16
     assert t["non_empty"] <= t["visited"] < t["total"]

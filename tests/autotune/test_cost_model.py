@@ -63,7 +63,7 @@ def test_programs_and_padding_per_kind() -> None:
     assert num_programs("fwd", shape, {"BLOCK_M": 128}) == 16 * 8
     assert num_programs("bwd", shape, {"BLOCK_N": 64}) == 16 * 16
     assert num_programs("decode", shape, {"BLOCK_N": 64}) == min(2 * 8 * 16, 132)  # stream-K: at most the SMs
-    assert num_programs("recurrence", shape, {"BLOCK_K": 32, "BLOCK_V": 64}) == 16 * 2
+    assert num_programs("recurrence", shape, {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 64}) == 1 * 16 * 2 * 8
     assert padding_factor("fwd", shape, {"BLOCK_M": 128, "BLOCK_N": 64}) == pytest.approx(1024 / 1000 * 1024 / 1000)
     assert padding_factor("fwd", Shape.of(1, 1, 1024, 1024, 64), {"BLOCK_M": 128, "BLOCK_N": 64}) == 1.0
 

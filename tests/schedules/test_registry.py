@@ -17,6 +17,7 @@ from attncc.errors import CompileError
 from attncc.ir.verify import verify
 from attncc.passes.lowered import CallFacts, Lowering
 from attncc.schedules import SCHEDULES, by_kind, by_name
+from attncc.schedules.base import lookup_default
 from attncc.schedules.prefill.schedule import PREFILL, PrefillSchedule
 from attncc.spec.loader import resolve
 
@@ -60,9 +61,11 @@ def test_no_applicable_schedule_is_a_one_line_error() -> None:
 @pytest.mark.parametrize("schedule", [pytest.param(s, id=s.name) for s in SCHEDULES])
 def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
     assert by_name(schedule.name) is schedule, "by_name"
-    fn = attncc.load("causal")
-    gens = [g for g in (fn.generated_for(False), fn.generated_for(True), fn.generated_decode())
-            if g.lowered.schedule is schedule]
+    scan = schedule.name in ("chunkwise", "recurrent")
+    fn = attncc.load("gla" if scan else "causal")
+    variants = ((fn.generated, fn.generated_step()) if scan
+                else (fn.generated_for(False), fn.generated_for(True), fn.generated_decode()))
+    gens = [g for g in variants if g.lowered.schedule is schedule]
     assert gens, f"{schedule.name}: no generated module of causal uses it"
     modules = [fn.module_for(g.key) for g in gens]
     main = fn.generated_of_kind(schedule.kinds[0])
@@ -75,8 +78,10 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
         variants = [getattr(m, decl.name).arg_names for m in modules]
         for ptr in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors):
             assert any(ptr in args for args in variants), f"{decl.name}: declared tensor {ptr} is not an argument"
-        for args in variants:  # every pointer argument of every variant has a declared dtype
-            pointers = [a for a in args if a.isupper() or a.startswith("CG_")]
+        for m, args in zip(modules, variants, strict=True):  # every pointer argument has a declared dtype
+            own = schedule.aot_signature(m, decl, "fp16", 64, 64, schedule.default_config(decl.kind, 64))
+            pointers = ([a for a, t in own[0].items() if t.startswith("*")] if own is not None
+                        else [a for a in args if a.isupper() or a.startswith("CG_")])
             undeclared = [a for a in pointers if a not in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors)
                           and not a.startswith(("HEAD_", "BLOCK_", "DOT_", "WRITE_", "LOG_", "TBL_ROW", "TBL_COL"))
                           and a not in ("B", "H", "HK", "M", "N", "LQ", "G", "S", "AT_END", "PAGE_SIZE", "PAGED")]
@@ -88,7 +93,7 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
         for head_dim in (32, 64, 128, 256):
             cfg = schedule.default_config(kind, head_dim)
             module = fn.module_for(fn.generated_of_kind(kind).key)
-            assert module.table_config(module.DEFAULT_CONFIGS, head_dim, kind) == cfg, \
+            assert lookup_default(module.DEFAULT_CONFIGS[kind], head_dim) == cfg, \
                 f"{kind} d{head_dim}: module default differs"
         cfg = space.enumerate()[0]
         assert schedule.flops(kind, shape) > 0 and schedule.bytes_moved(kind, shape, "fp16", cfg) > 0, kind
