@@ -42,3 +42,11 @@ def test_decode_bandwidth_defaults_and_byte_count() -> None:
     assert (args.hq, args.hkv, args.head_dim, args.query_len, args.peak_gbps) == (32, 4, 128, 1, 4800.0), args
     # the skewed batch: every cached position of K and V once, bf16
     assert mod.kv_bytes([128, 128, 128, 32768], 4, 128) == (3 * 128 + 32768) * 4 * 128 * 2 * 2
+
+
+def test_recurrence_throughput_parses_and_refuses_without_a_gpu() -> None:
+    script = str(BENCH / "recurrence_throughput.py")
+    proc = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "--lengths" in proc.stdout, proc.stderr
+    bad = subprocess.run([sys.executable, script, "--lengths", "1k"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "comma-separated integers" in bad.stderr, bad.stderr
