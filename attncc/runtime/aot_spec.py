@@ -94,8 +94,9 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
         schedule, module = gen.lowered.schedule, load_module(gen)
         cfg = {**schedule.default_config(kind, max(head_dim, head_dim_v)), **(config or {})}
         for decl in schedule.kernels_of(kind):
-            sig, constexprs = kernel_signature(fn, decl, dtype, head_dim, head_dim_v, cfg, module,
-                                               schedule.aot_constexprs(decl))
+            own = schedule.aot_signature(module, decl, dtype, head_dim, head_dim_v, cfg)
+            sig, constexprs = own if own is not None else kernel_signature(
+                fn, decl, dtype, head_dim, head_dim_v, cfg, module, schedule.aot_constexprs(decl))
             out.append(compile_report(getattr(module, decl.name), sig, constexprs, target, cfg["num_warps"],
                                       cfg["num_stages"], kernel_name=f"{fn.spec.name}.{decl.name}[{dtype},d{head_dim}]",
                                       divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v)))
