@@ -105,9 +105,8 @@ class CompiledRecurrence:
             if initial_state is not None or output_final_state or cu_seqlens is not None:
                 raise InputError(f"{name}: a bidirectional recurrence takes no initial_state, output_final_state "
                                  "or cu_seqlens")
-            o_fwd, _ = scan_ops.call(info.key, q, k, v, g, None, None, captures, scale, params, False, config)
-            o_rev, _ = scan_ops.call(info.key, q, k, v, g, None, None, captures, scale, params, True, config)
-            return o_fwd + o_rev
+            o, _ = scan_ops.call(info.key, q, k, v, g, None, None, captures, scale, params, True, config)
+            return o
         o, final = scan_ops.call(info.key, q, k, v, g, initial_state, cu_seqlens, captures, scale, params, False,
                                  config)
         return (o, final) if output_final_state else o
@@ -153,14 +152,18 @@ class CompiledRecurrence:
 
     def forward_impl(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                      h0: torch.Tensor | None, cu: torch.Tensor | None, captures: list[torch.Tensor], scale: float,
-                     params: list[float], reverse: bool, config: dict[str, int]) -> tuple[Any, ...]:
-        """``(o, final_state, saved)`` of ``attncc::scan_fwd``."""
+                     params: list[float], both: bool, config: dict[str, int]) -> tuple[Any, ...]:
+        """``(o, final_state, saved)`` of ``attncc::scan_fwd`` (``both``: the two directions stacked
+        along the batch, one launch, outputs summed)."""
         gate = self._gate(q, g, captures, params)
-        q, k, v, gate = _flip(reverse, q, k, v, gate)
+        B = q.shape[0]
+        q, k, v, gate = _stack(both, q, k, v, gate)
         o, final, saved = self._chunk_forward(q, k, v, gate, h0, cu, scale, config)
         if final is None:
             final = q.new_zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3], dtype=torch.float32)
-        return (o.flip(2) if reverse else o), final, saved
+        if both:
+            o, final = _unstack(o, B), final[:B]
+        return o, final, saved
 
     def _chunk_forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gate: torch.Tensor | None,
                        h0: torch.Tensor | None, cu: torch.Tensor | None, scale: float,
@@ -175,20 +178,22 @@ class CompiledRecurrence:
 
     def backward_impl(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                       h0: torch.Tensor | None, cu: torch.Tensor | None, captures: list[torch.Tensor], scale: float,
-                      params: list[float], reverse: bool, config: dict[str, int], do: torch.Tensor,
+                      params: list[float], both: bool, config: dict[str, int], do: torch.Tensor,
                       dfinal: torch.Tensor) -> tuple[Any, ...]:
         """``(dq, dk, dv, dg, dh0)`` of ``attncc::scan_bwd`` (the chunk states recomputed)."""
         low = self.generated.lowered
         gate = self._gate(q, g, captures, params)
-        fq, fk, fv, fgate = _flip(reverse, q, k, v, gate)
-        fdo = do.flip(2) if reverse else do
-        _, _, saved = self._chunk_forward(fq, fk, fv, fgate, h0, cu, scale, config)
+        B = q.shape[0]
+        sq, sk, sv, sgate, sdo = _stack(both, q, k, v, gate, do)
+        if both:
+            dfinal = torch.cat([dfinal, torch.zeros_like(dfinal)], 0)
+        _, _, saved = self._chunk_forward(sq, sk, sv, sgate, h0, cu, scale, config)
         dq, dk, dv, dgate, dh0 = self.module.chunk_backward(
-            fq, fk, fv, fgate, fdo, dfinal, saved, scale=scale, gate=KERNEL_GATE[low.gate_kind], initial_state=h0,
+            sq, sk, sv, sgate, sdo, dfinal, saved, scale=scale, gate=KERNEL_GATE[low.gate_kind], initial_state=h0,
             config=config or None, cu_seqlens=cu)
-        if reverse:
-            dq, dk, dv = dq.flip(2), dk.flip(2), dv.flip(2)
-            dgate = dgate.flip(2) if dgate is not None else None
+        if both:
+            dq, dk, dv = _unstack(dq, B), _unstack(dk, B), _unstack(dv, B)
+            dgate = _unstack(dgate, B) if dgate is not None else None
         dg = None
         if g is not None and dgate is not None:
             caps = dict(zip(self.spec.captures, captures, strict=True))
@@ -196,8 +201,14 @@ class CompiledRecurrence:
         return dq, dk, dv, dg, dh0
 
 
-def _flip(reverse: bool, *tensors: torch.Tensor | None) -> tuple[Any, ...]:
-    return tuple(t.flip(2) if (reverse and t is not None) else t for t in tensors)
+def _stack(both: bool, *tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    """With ``both``, each tensor followed along the batch by its copy reversed in time."""
+    return tuple(torch.cat([t, t.flip(2)], 0) if (both and t is not None) else t for t in tensors)
+
+
+def _unstack(t: torch.Tensor, B: int) -> torch.Tensor:
+    """The causal half plus the reverse half put back in time order."""
+    return t[:B] + t[B:].flip(2)
 
 
 # --- the log-gate ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """torch.library bindings of the recurrence kernels: autograd and ``torch.compile``.
 
     attncc::scan_fwd(str key, Tensor q, Tensor k, Tensor v, Tensor? g, Tensor? h0, Tensor? cu_seqlens,
-                     Tensor[] captures, float scale, float[] params, bool reverse,
+                     Tensor[] captures, float scale, float[] params, bool both,
                      str[] config_keys, int[] config_values) -> (Tensor o, Tensor final_state)
     attncc::scan_bwd(... the same inputs ..., Tensor do, Tensor dfinal)
                      -> (Tensor dq, Tensor dk, Tensor dv, Tensor dg, Tensor dh0)
@@ -10,8 +10,9 @@
 the softmax kernels: see :mod:`attncc.runtime.ops`).  The ops take the raw gate input ``g`` and
 the captured tensors: the log-gate tensor the kernels read is computed inside
 (:func:`attncc.runtime.recurrence.gate_values`), and the backward maps the kernels' gradient of
-the log-gate back to ``g`` through the gate expression's symbolic derivative.  ``reverse`` runs the
-recurrence from the last token to the first (the anti-causal half of a bidirectional spec).  The
+the log-gate back to ``g`` through the gate expression's symbolic derivative.  ``both`` runs the
+causal and the reverse recurrence (last token to first) in one launch of each kernel, the
+reversed copy stacked after the batch, and sums their outputs (a bidirectional spec).  The
 backward recomputes the forward's chunk states instead of saving them.  ``dg`` / ``dh0`` are empty
 tensors when ``g`` / ``h0`` are None; ``dfinal`` is zeros when the final state has no gradient.
 """
@@ -45,16 +46,16 @@ def _compiled(key: str) -> CompiledRecurrence:
 
 
 _ARGS = ("str key, Tensor q, Tensor k, Tensor v, Tensor? g, Tensor? h0, Tensor? cu_seqlens, Tensor[] captures, "
-         "float scale, float[] params, bool reverse, str[] config_keys, int[] config_values")
+         "float scale, float[] params, bool both, str[] config_keys, int[] config_values")
 
 
 @torch.library.custom_op("attncc::scan_fwd", mutates_args=(), schema=f"({_ARGS}) -> (Tensor, Tensor)")
 def scan_fwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
              h0: torch.Tensor | None, cu_seqlens: torch.Tensor | None, captures: list[torch.Tensor], scale: float,
-             params: list[float], reverse: bool, config_keys: list[str],
+             params: list[float], both: bool, config_keys: list[str],
              config_values: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     compiled = _compiled(key)
-    o, final, _ = compiled.forward_impl(q, k, v, g, h0, cu_seqlens, captures, scale, params, reverse,
+    o, final, _ = compiled.forward_impl(q, k, v, g, h0, cu_seqlens, captures, scale, params, both,
                                         dict(zip(config_keys, config_values, strict=True)))
     return o, final
 
@@ -62,7 +63,7 @@ def scan_fwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
 @scan_fwd.register_fake
 def _scan_fwd_fake(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                    h0: torch.Tensor | None, cu_seqlens: torch.Tensor | None, captures: list[torch.Tensor],
-                   scale: float, params: list[float], reverse: bool, config_keys: list[str],
+                   scale: float, params: list[float], both: bool, config_keys: list[str],
                    config_values: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, T, K = q.shape
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -74,10 +75,10 @@ def _scan_fwd_fake(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                          schema=f"({_ARGS}, Tensor do, Tensor dfinal) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 def scan_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
              h0: torch.Tensor | None, cu_seqlens: torch.Tensor | None, captures: list[torch.Tensor], scale: float,
-             params: list[float], reverse: bool, config_keys: list[str], config_values: list[int],
+             params: list[float], both: bool, config_keys: list[str], config_values: list[int],
              do: torch.Tensor, dfinal: torch.Tensor) -> tuple[torch.Tensor, ...]:
     compiled = _compiled(key)
-    dq, dk, dv, dg, dh0 = compiled.backward_impl(q, k, v, g, h0, cu_seqlens, captures, scale, params, reverse,
+    dq, dk, dv, dg, dh0 = compiled.backward_impl(q, k, v, g, h0, cu_seqlens, captures, scale, params, both,
                                                  dict(zip(config_keys, config_values, strict=True)), do, dfinal)
     return (dq, dk, dv, dg if dg is not None else q.new_empty(0), dh0 if dh0 is not None else q.new_empty(0))
 
@@ -85,7 +86,7 @@ def scan_bwd(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: tor
 @scan_bwd.register_fake
 def _scan_bwd_fake(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                    h0: torch.Tensor | None, cu_seqlens: torch.Tensor | None, captures: list[torch.Tensor],
-                   scale: float, params: list[float], reverse: bool, config_keys: list[str],
+                   scale: float, params: list[float], both: bool, config_keys: list[str],
                    config_values: list[int], do: torch.Tensor, dfinal: torch.Tensor) -> tuple[torch.Tensor, ...]:
     dg = torch.empty_like(g) if g is not None else q.new_empty(0)
     dh0 = torch.empty_like(h0) if h0 is not None else q.new_empty(0)
@@ -93,9 +94,9 @@ def _scan_bwd_fake(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def _setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    key, q, k, v, g, h0, cu, captures, scale, params, reverse, ck, cv = inputs
+    key, q, k, v, g, h0, cu, captures, scale, params, both, ck, cv = inputs
     ctx.save_for_backward(q, k, v, g, h0, cu, *captures)
-    ctx.args = (key, scale, list(params), reverse, list(ck), list(cv))
+    ctx.args = (key, scale, list(params), both, list(ck), list(cv))
     ctx.final_shape = output[1].shape
     ctx.structure = [_no_grad(x) for x in inputs]
 
@@ -110,10 +111,10 @@ def _no_grad(x: Any) -> Any:
 
 def _backward(ctx: Any, do: torch.Tensor, dfinal: torch.Tensor | None) -> tuple[Any, ...]:
     q, k, v, g, h0, cu, *captures = ctx.saved_tensors
-    key, scale, params, reverse, ck, cv = ctx.args
+    key, scale, params, both, ck, cv = ctx.args
     if dfinal is None:
         dfinal = q.new_zeros(ctx.final_shape, dtype=torch.float32)
-    dq, dk, dv, dg, dh0 = torch.ops.attncc.scan_bwd(key, q, k, v, g, h0, cu, captures, scale, params, reverse, ck, cv,
+    dq, dk, dv, dg, dh0 = torch.ops.attncc.scan_bwd(key, q, k, v, g, h0, cu, captures, scale, params, both, ck, cv,
                                                     do.contiguous(), dfinal.contiguous())
     grads = list(ctx.structure)
     grads[1:6] = [dq, dk, dv, dg if g is not None else None, dh0 if h0 is not None else None]
@@ -131,7 +132,7 @@ def config_lists(config: dict[str, int] | None) -> tuple[list[str], list[int]]:
 
 def call(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
          h0: torch.Tensor | None, cu_seqlens: torch.Tensor | None, captures: Sequence[torch.Tensor], scale: float,
-         params: Sequence[float], reverse: bool, config: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+         params: Sequence[float], both: bool, config: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     ck, cv = config_lists(config)
     return torch.ops.attncc.scan_fwd(key, q, k, v, g, h0, cu_seqlens, list(captures), float(scale),
-                                     [float(p) for p in params], reverse, ck, cv)
+                                     [float(p) for p in params], both, ck, cv)
