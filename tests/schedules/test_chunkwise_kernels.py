@@ -33,7 +33,7 @@ KERNEL_FEATURES = {
 
 # The recommended defaults: zero spills for every kernel and gate at K = V = 64 and 128 (fp16, sm_90).
 CONFIGS = {"recurrence": {
-    64: {"CHUNK": 64, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
+    64: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
     128: {"CHUNK": 32, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
     256: {"CHUNK": 16, "BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
 }}
