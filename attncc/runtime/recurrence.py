@@ -21,9 +21,9 @@ from attncc.ir import expr as E
 from attncc.ir.evaluate import evaluate
 from attncc.passes.lowered import CallFacts
 from attncc.runtime import scan_ops
+from attncc.schedules.scan_render import KERNEL_GATES as KERNEL_GATE  # noqa: E402
 from attncc.spec.recurrence import INDEX_NAMES, SIZE_NAMES, RecurrenceSpec
 
-KERNEL_GATE = {"none": "none", "constant": "scalar", "scalar": "scalar", "vector": "vector"}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 

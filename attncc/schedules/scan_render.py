@@ -13,6 +13,9 @@ from attncc.passes.scan import LoweredScan
 from attncc.spec.recurrence import x
 from attncc.version import __version__
 
+# The gate kinds of the IR as the kernels take them (a constant per head is a scalar gate tensor).
+KERNEL_GATES = {"none": "none", "constant": "scalar", "scalar": "scalar", "vector": "vector"}
+
 
 def header(low: LoweredScan, source_key: str, entry: str) -> str:
     """The module docstring (every text in it printed by :func:`doc_text`)."""
@@ -39,5 +42,6 @@ def render_scan(low: LoweredScan, source_key: str, template: Path, entry: str) -
     hooks = {"HEADER": header(low, source_key, entry),
              "DEFAULT_CONFIGS": py_literal({k: {b: dict(c) for b, c in v.items()}
                                             for k, v in low.schedule.default_configs.items()}),
+             "GATE_KIND": py_literal(KERNEL_GATES[low.gate_kind]),
              **feature_hooks(low.feature, low.feature_grad, x)}
     return fill_hooks(template.read_text(), hooks)

@@ -11,11 +11,11 @@ import math
 
 import pytest
 import torch
+from recurrence_reference import FEATURES, naive_recurrence
+from reference import assert_close_to_golden
 
 import attncc
 from attncc.spec.loader import load_text
-from recurrence_reference import FEATURES, naive_recurrence
-from reference import assert_close_to_golden
 
 K = V = 16
 H = 2

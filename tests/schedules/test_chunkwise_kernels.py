@@ -44,7 +44,8 @@ def render(feature: str) -> str:
     text = (f"@triton.jit\ndef feature(x):\n    return {phi}\n\n\n"
             f"@triton.jit\ndef feature_grad(x):\n    return {dphi}\n")
     return fill_hooks(TEMPLATE.read_text(), {"HEADER": f'"""Chunkwise recurrence kernels, feature {feature}."""',
-                                             "FEATURE": text, "DEFAULT_CONFIGS": py_literal(CONFIGS)})
+                                             "FEATURE": text, "DEFAULT_CONFIGS": py_literal(CONFIGS),
+                                             "GATE_KIND": py_literal("vector")})
 
 
 def write_module(feature: str, directory: Path) -> Path:

@@ -49,6 +49,7 @@ def render(feature: str) -> str:
         "HEADER": f'"""Recurrent step kernel, feature {feature} (test rendering)."""',
         "FEATURE": FEATURE_TEXT[feature],
         "DEFAULT_CONFIGS": py_literal(STEP_DEFAULTS),
+        "GATE_KIND": py_literal("vector"),
     })
 
 

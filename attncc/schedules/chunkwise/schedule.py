@@ -45,11 +45,14 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Head-dim bound (max(K, V)) -> default config.
+# Head-dim bound (max(K, V)) -> default config, from an ahead-of-time sweep for zero spills on
+# sm_90 (fp16, every gate kind; tests/codegen/test_aot_specs.py).  BLOCK_K is the key slice of
+# chunk_dqk_kernel only; the other kernels hold the whole key dim.  At 128, CHUNK = 64 spills in the
+# vector-gate state sweeps (their fp64 cumulative gate tile), so CHUNK = 32 (mma.sync, not wgmma).
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {"recurrence": {
-    64: {"CHUNK": 64, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 4, "num_stages": 2},
-    128: {"CHUNK": 64, "BLOCK_K": 128, "BLOCK_V": 32, "num_warps": 4, "num_stages": 2},
-    256: {"CHUNK": 32, "BLOCK_K": 128, "BLOCK_V": 32, "num_warps": 4, "num_stages": 1},
+    64: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
+    128: {"CHUNK": 32, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
+    256: {"CHUNK": 16, "BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
 }}
 
 
@@ -59,19 +62,18 @@ class ChunkwiseSchedule(Schedule):
                    "chunk-parallel outputs (intra-chunk part with the decay mask + the start state's part); "
                    "the backward sweeps the state gradient in reverse")
     kernels = (
-        KernelDecl("chunk_state_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), cdiv(K, BLOCK_K), N*H)",
+        KernelDecl("chunk_state_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), N*H)",
                    ("K", "V", "G"), ("H0", "HT", "STATES"), ("CU_SEQLENS", "CHUNK_OFFSETS")),
         KernelDecl("chunk_output_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), chunks, H)",
-                   ("Q", "K", "V", "G", "O"), ("STATES",), ("CU_SEQLENS", "CHUNK_OFFSETS", "SLOT_SEQ")),
-        KernelDecl("chunk_dstate_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), cdiv(K, BLOCK_K), N*H)",
+                   ("Q", "K", "V", "G", "OUT"), ("STATES",), ("CU_SEQLENS", "CHUNK_OFFSETS", "SLOT_SEQ")),
+        KernelDecl("chunk_dstate_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), N*H)",
                    ("Q", "DO", "G"), ("DHT", "DH0", "DSTATES"), ("CU_SEQLENS", "CHUNK_OFFSETS")),
-        KernelDecl("chunk_grad_kernel", "recurrence", "tokens", "(chunks, H)",
-                   ("Q", "K", "V", "G", "DO", "DQ", "DK", "DV"), ("DGAM", "STATES", "DSTATES"),
+        KernelDecl("chunk_dv_kernel", "recurrence", "tokens", "(cdiv(V, BLOCK_V), chunks, H)",
+                   ("Q", "K", "G", "DO", "DV"), ("DSTATES",), ("CU_SEQLENS", "CHUNK_OFFSETS", "SLOT_SEQ")),
+        KernelDecl("chunk_dqk_kernel", "recurrence", "tokens", "(cdiv(K, BLOCK_K), chunks, H)",
+                   ("Q", "K", "V", "G", "DO", "DQ", "DK", "DG"), ("STATES", "DSTATES"),
                    ("CU_SEQLENS", "CHUNK_OFFSETS", "SLOT_SEQ")),
-        KernelDecl("chunk_gate_grad_kernel", "recurrence", "tokens", "(N*H,)", ("DG",), ("DGAM", "FINAL", "DHT"),
-                   ("CU_SEQLENS", "CHUNK_OFFSETS")),
     )
-
     default_configs = DEFAULT_CONFIGS
 
     def applies(self, low: Lowering) -> bool:
@@ -89,8 +91,15 @@ class ChunkwiseSchedule(Schedule):
 
     def aot_signature(self, module: Any, kernel: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                       config: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Any]] | None:
-        """The module's own signature of ``kernel`` (vector gate, with states)."""
-        return module.kernel_signature(kernel.name, dtype, head_dim, head_dim_v, dict(config))
+        """The module's own signature of ``kernel`` for the spec's gate kind, with states."""
+        import torch
+
+        dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        for name, _, sig, constexprs, _, _ in module.aot_signatures(dt, head_dim, head_dim_v, module.GATE_KIND,
+                                                                    dict(config)):
+            if name == kernel.name:
+                return sig, constexprs
+        raise KeyError(f"chunkwise module has no kernel {kernel.name}")
 
     def space(self, kind: str) -> ConfigSpace:
         self.check_kind(kind)

@@ -60,11 +60,11 @@ class RecurrentSchedule(Schedule):
 
     def aot_signature(self, module: Any, kernel: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                       config: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
-        """The module's own signature of its kernel (vector gate, with a state)."""
+        """The module's own signature of its kernel (the spec's gate kind, with a state)."""
         import torch
 
         dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        sig, consts, _ = module.kernel_signature(dt, head_dim, head_dim_v, config=dict(config))
+        sig, consts, _ = module.kernel_signature(dt, head_dim, head_dim_v, gate=module.GATE_KIND, config=dict(config))
         return sig, consts
 
     def space(self, kind: str) -> ConfigSpace:
