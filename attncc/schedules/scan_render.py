@@ -1,16 +1,23 @@
-"""What the recurrence schedules' renderers share: the module header and the hooks every
-recurrence template has (``{{HEADER}}``, ``{{FEATURE}}``, ``{{DEFAULT_CONFIGS}}``)."""
+"""What the recurrence schedules share: :class:`ScanSchedule` (choice, plan, rendering, space and
+explain of a schedule of ``scan`` cascades), the module header and the hooks every recurrence
+template has (``{{HEADER}}``, ``{{FEATURE}}``, ``{{DEFAULT_CONFIGS}}``, ``{{GATE_KIND}}``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from attncc.codegen.context import check_names, feature_hooks, fill_hooks
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.plans import Loop, emit_plan
 from attncc.codegen.printer import TritonPrinter
+from attncc.ir.scan import is_scan
+from attncc.passes.plans import ChunkPlan, Plan
 from attncc.passes.scan import LoweredScan
-from attncc.spec.recurrence import x
+from attncc.schedules.base import KernelDecl, Schedule
+from attncc.schedules.space import ConfigSpace
+from attncc.spec.recurrence import SIZE_NAMES, x
 from attncc.version import __version__
 
 # The gate kinds of the IR as the kernels take them (a constant per head is a scalar gate tensor).
@@ -45,3 +52,47 @@ def render_scan(low: LoweredScan, source_key: str, template: Path, entry: str) -
              "GATE_KIND": py_literal(KERNEL_GATES[low.gate_kind]),
              **feature_hooks(low.feature, low.feature_grad, x)}
     return fill_hooks(template.read_text(), hooks)
+
+
+class ScanSchedule(Schedule):
+    """A schedule of ``scan`` cascades: chosen when the call is (``DECODE``) or is not a decode
+    step, one ``chunks`` plan, rendered from ``TEMPLATE`` with entry point ``ENTRY``, one space."""
+
+    DECODE: bool
+    TEMPLATE: Path
+    ENTRY: str
+    SPACE: ConfigSpace
+
+    def applies(self, low: Any) -> bool:
+        return bool(low.call.decode) == self.DECODE and is_scan(low.graph)
+
+    def plan(self, kernel: KernelDecl, low: Any) -> Plan:
+        return ChunkPlan(SIZE_NAMES["T"])
+
+    def template_text(self) -> str:
+        return self.TEMPLATE.read_text()
+
+    def render(self, low: Any, source_key: str) -> str:
+        return render_scan(low, source_key, self.TEMPLATE, self.ENTRY)
+
+    def space(self, kind: str) -> ConfigSpace:
+        self.check_kind(kind)
+        return self.SPACE
+
+    def explain(self, low: Any, shape: tuple[int, ...] | None, params: Mapping[str, Any],
+                tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {"schedule": {"name": self.name, "description": self.description,
+                             "kernels": [{"name": k.name, "kind": k.kind, "grid": k.grid,
+                                          "plan": low.plan(k.name).kind, "sweeps": k.sweeps} for k in self.kernels]},
+                "recurrence": {"feature": str(low.feature), "feature_grad": str(low.feature_grad),
+                               "gate": str(low.gate), "gate_kind": low.gate_kind, "direction": low.direction,
+                               "decay": low.decay, "plan": next(iter(low.plans.values())).describe()}}
+
+
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of a short dtype name (``fp16``, ``bf16``, ``fp32``)."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]

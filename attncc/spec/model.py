@@ -21,6 +21,12 @@ from attncc.ir import expr as E
 CAPTURE_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "bool")
 
 
+def canonical_hash(data: dict[str, Any]) -> str:
+    """sha256 (hex, 16 characters) of plain data, serialised canonically."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _canonical_relations(expr: sp.Basic) -> sp.Basic:
     """``n <= m`` and ``m >= n`` serialise alike (one cache entry per meaning)."""
     return expr.replace(lambda e: isinstance(e, sp.core.relational.Relational), lambda r: r.canonical)
@@ -98,16 +104,13 @@ class Spec:
     @property
     def content_hash(self) -> str:
         """sha256 of the canonical serialisation (hex, 16 characters)."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return canonical_hash(self.canonical())
 
     @property
     def tuning_hash(self) -> str:
         """sha256 of what shapes the kernels' speed: the canonical form without the description
         (which is only printed into the module), so tuned configs are shared across descriptions."""
-        data = {k: v for k, v in self.canonical().items() if k != "description"}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return canonical_hash({k: v for k, v in self.canonical().items() if k != "description"})
 
     @property
     def is_gqa(self) -> bool:

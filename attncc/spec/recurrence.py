@@ -27,8 +27,6 @@ The gate is an expression of the indices ``b, h, t, k``, params, captured tensor
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +34,7 @@ import sympy as sp
 
 from attncc.errors import SpecError
 from attncc.ir import expr as E
-from attncc.spec.model import CaptureDecl, ParamDecl
+from attncc.spec.model import CaptureDecl, ParamDecl, canonical_hash
 from attncc.spec.parser import Scope, parse_expression
 
 # The recurrence's own index symbols (t: the token, kd: the key dimension; b and h are shared).
@@ -88,14 +86,11 @@ class RecurrenceSpec:
 
     @property
     def content_hash(self) -> str:
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return canonical_hash(self.canonical())
 
     @property
     def tuning_hash(self) -> str:
-        data = {k: v for k, v in self.canonical().items() if k != "description"}
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return canonical_hash({k: v for k, v in self.canonical().items() if k != "description"})
 
     @property
     def gate_kind(self) -> str:

@@ -14,17 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attncc.ir.scan import is_scan
-from attncc.passes.plans import ChunkPlan, Plan
-from attncc.schedules.base import KernelDecl, Schedule
-from attncc.schedules.recurrent.schedule import scan_explain
-from attncc.schedules.scan_render import render_scan
+from attncc.schedules.base import KernelDecl
+from attncc.schedules.scan_render import ScanSchedule, torch_dtype
 from attncc.schedules.space import ConfigSpace
-from attncc.spec.recurrence import SIZE_NAMES
 
 if TYPE_CHECKING:
     from attncc.autotune.tunable import Shape
-    from attncc.passes.lowered import Lowered, Lowering
 
 TEMPLATE = Path(__file__).parent / "templates" / "chunkwise.py.tmpl"
 _TILES = (16, 32, 64, 128)
@@ -56,7 +51,7 @@ DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {"recurrence": {
 }}
 
 
-class ChunkwiseSchedule(Schedule):
+class ChunkwiseSchedule(ScanSchedule):
     name = "chunkwise"
     description = ("chunks of CHUNK tokens: a state sweep per (batch x head, value block) in fp32, then "
                    "chunk-parallel outputs (intra-chunk part with the decay mask + the start state's part); "
@@ -75,35 +70,19 @@ class ChunkwiseSchedule(Schedule):
                    ("CU_SEQLENS", "CHUNK_OFFSETS", "SLOT_SEQ")),
     )
     default_configs = DEFAULT_CONFIGS
-
-    def applies(self, low: Lowering) -> bool:
-        return not low.call.decode and is_scan(low.graph)
-
-    def plan(self, kernel: KernelDecl, low: Lowering) -> Plan:
-        return ChunkPlan(SIZE_NAMES["T"])
-
-    def template_text(self) -> str:
-        return TEMPLATE.read_text()
-
-    def render(self, low: Lowered, source_key: str) -> str:
-        return render_scan(low, source_key, TEMPLATE,  # type: ignore[arg-type]
-                           "chunk_forward(q, k, v, g, *, scale, gate, ...) and chunk_backward(...)")
+    DECODE = False
+    TEMPLATE = TEMPLATE
+    ENTRY = "chunk_forward(q, k, v, g, *, scale, gate, ...) and chunk_backward(...)"
+    SPACE = SPACE
 
     def aot_signature(self, module: Any, kernel: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                       config: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Any]] | None:
         """The module's own signature of ``kernel`` for the spec's gate kind, with states."""
-        import torch
-
-        dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        for name, _, sig, constexprs, _, _ in module.aot_signatures(dt, head_dim, head_dim_v, module.GATE_KIND,
-                                                                    dict(config)):
+        signatures = module.aot_signatures(torch_dtype(dtype), head_dim, head_dim_v, module.GATE_KIND, dict(config))
+        for name, _, sig, constexprs, _, _ in signatures:
             if name == kernel.name:
                 return sig, constexprs
         raise KeyError(f"chunkwise module has no kernel {kernel.name}")
-
-    def space(self, kind: str) -> ConfigSpace:
-        self.check_kind(kind)
-        return SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
         """Per token: the intra-chunk scores and their product with v (2 CHUNK (K + V), at CHUNK = 64),
@@ -148,9 +127,6 @@ class ChunkwiseSchedule(Schedule):
             return module.chunk_backward(q, k, v, None, do, None, saved, scale=None, gate="none", config=cfg)
         return run
 
-    def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
-                tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return scan_explain(self, low)
 
 
 CHUNKWISE = ChunkwiseSchedule()

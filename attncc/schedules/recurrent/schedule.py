@@ -11,16 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attncc.ir.scan import is_scan
-from attncc.passes.plans import ChunkPlan, Plan
-from attncc.schedules.base import KernelDecl, Schedule
-from attncc.schedules.scan_render import render_scan
+from attncc.schedules.base import KernelDecl
+from attncc.schedules.scan_render import ScanSchedule, torch_dtype
 from attncc.schedules.space import ConfigSpace
-from attncc.spec.recurrence import SIZE_NAMES
 
 if TYPE_CHECKING:
     from attncc.autotune.tunable import Shape
-    from attncc.passes.lowered import Lowered, Lowering
 
 TEMPLATE = Path(__file__).parent / "templates" / "recurrent.py.tmpl"
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {"step": {
@@ -37,39 +33,24 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-class RecurrentSchedule(Schedule):
+class RecurrentSchedule(ScanSchedule):
     name = "recurrent"
     description = ("grid (B*H, cdiv(V, BLOCK_V), cdiv(K, BLOCK_K)); each program runs the call's tokens one by "
                    "one with its block of the state in fp32 registers (decode steps)")
     kernels = (KernelDecl("recurrent_step_kernel", "step", "tokens", "(B*H, cdiv(V, BLOCK_V), cdiv(K, BLOCK_K))",
                           ("Q", "K", "V", "G", "Out"), ("S0", "S1")),)
     default_configs = DEFAULT_CONFIGS
-
-    def applies(self, low: Lowering) -> bool:
-        return bool(low.call.decode) and is_scan(low.graph)
-
-    def plan(self, kernel: KernelDecl, low: Lowering) -> Plan:
-        return ChunkPlan(SIZE_NAMES["T"])
-
-    def template_text(self) -> str:
-        return TEMPLATE.read_text()
-
-    def render(self, low: Lowered, source_key: str) -> str:
-        return render_scan(low, source_key, TEMPLATE,  # type: ignore[arg-type]
-                           "recurrent_step(q, k, v, g, state, *, scale, gate, config=None, reverse=False)")
+    DECODE = True
+    TEMPLATE = TEMPLATE
+    ENTRY = "recurrent_step(q, k, v, g, state, *, scale, gate, config=None, reverse=False)"
+    SPACE = SPACE
 
     def aot_signature(self, module: Any, kernel: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                       config: Mapping[str, int]) -> tuple[dict[str, str], dict[str, Any]]:
         """The module's own signature of its kernel (the spec's gate kind, with a state)."""
-        import torch
-
-        dt = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        sig, consts, _ = module.kernel_signature(dt, head_dim, head_dim_v, gate=module.GATE_KIND, config=dict(config))
+        sig, consts, _ = module.kernel_signature(torch_dtype(dtype), head_dim, head_dim_v, gate=module.GATE_KIND,
+                                                 config=dict(config))
         return sig, consts
-
-    def space(self, kind: str) -> ConfigSpace:
-        self.check_kind(kind)
-        return SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
         """Per token: the state update (2 K V) and the output (2 K V)."""
@@ -102,19 +83,6 @@ class RecurrentSchedule(Schedule):
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         return lambda: module.recurrent_step(q, k, v, None, None, scale=None, gate="none", config=dict(config))
 
-    def explain(self, low: Lowered, shape: tuple[int, ...] | None, params: Mapping[str, Any],
-                tiles: tuple[int, int] | None, captures: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return scan_explain(self, low)
-
-
-def scan_explain(schedule: Schedule, low: Any) -> dict[str, Any]:
-    """The schedule section of ``attncc explain`` for a recurrence."""
-    return {"schedule": {"name": schedule.name, "description": schedule.description,
-                         "kernels": [{"name": k.name, "kind": k.kind, "grid": k.grid, "plan": low.plan(k.name).kind,
-                                      "sweeps": k.sweeps} for k in schedule.kernels]},
-            "recurrence": {"feature": str(low.feature), "feature_grad": str(low.feature_grad),
-                           "gate": str(low.gate), "gate_kind": low.gate_kind, "direction": low.direction,
-                           "decay": low.decay, "plan": next(iter(low.plans.values())).describe()}}
 
 
 RECURRENT = RecurrentSchedule()
