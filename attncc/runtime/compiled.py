@@ -62,6 +62,10 @@ class CompiledAttention:
             self._decode_variant = generate(self.spec, CallFacts(decode=True))
         return self._decode_variant
 
+    def kinds(self) -> tuple[str, ...]:
+        """The config kinds of this spec's kernels, over all its modules."""
+        return tuple(dict.fromkeys(k for gen in (self.generated, self.generated_decode()) for k in gen.lowered.schedule.kinds))
+
     def generated_of_kind(self, kind: str) -> Generated:
         """The generated module (default or decode) whose schedule has kernels of config ``kind``."""
         for gen in (self.generated, self.generated_decode()):

@@ -73,6 +73,10 @@ class CompiledRecurrence:
             self._step = generate(self.spec, CallFacts(decode=True))
         return self._step
 
+    def kinds(self) -> tuple[str, ...]:
+        """The config kinds of this spec's kernels, over all its modules."""
+        return tuple(dict.fromkeys(k for gen in (self.generated, self.generated_step()) for k in gen.lowered.schedule.kinds))
+
     def generated_of_kind(self, kind: str) -> Generated:
         for gen in (self.generated, self.generated_step()):
             if kind in gen.lowered.schedule.kinds:

@@ -26,9 +26,8 @@ class SpecTunable:
         try:
             self.generated = fn.generated_of_kind(kind)
         except KeyError:
-            kinds = ", ".join(dict.fromkeys((*fn.generated.lowered.schedule.kinds,
-                                             *fn.generated_decode().lowered.schedule.kinds)))
-            raise InputError(f"kernel kind '{kind}' does not exist for spec {fn.spec.name} ({kinds})") from None
+            raise InputError(f"kernel kind '{kind}' does not exist for spec {fn.spec.name} "
+                             f"({', '.join(fn.kinds())})") from None
         self.schedule = self.generated.lowered.schedule
         self.fn = fn
         self.kind = kind

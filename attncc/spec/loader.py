@@ -50,6 +50,16 @@ def library() -> dict[str, Path]:
     return {p.stem: p for p in sorted(LIBRARY_DIR.glob("*.toml"))}
 
 
+def softmax_library() -> dict[str, Path]:
+    """The built-in softmax-attention specs (those without a ``[state]`` section)."""
+    return {name: path for name, path in library().items() if not isinstance(load_file(path), RecurrenceSpec)}
+
+
+def recurrence_library() -> dict[str, Path]:
+    """The built-in linear-recurrence specs."""
+    return {name: path for name, path in library().items() if isinstance(load_file(path), RecurrenceSpec)}
+
+
 def resolve(ref: str | Path) -> Spec | RecurrenceSpec:
     """Load ``ref``: a path to a spec file, or the name of a built-in spec."""
     path = Path(ref)

@@ -208,7 +208,7 @@ def test_payloads_in_every_string_field(canary: Path, name: str) -> None:
             outcomes["SpecError"] += 1
             continue
         module = cache.execute(gen.key, gen.source)  # render + exec; no kernels run here
-        assert callable(module.attention_forward), what
+        assert callable(getattr(module, "attention_forward", None) or module.chunk_forward), what
         assert not canary.exists(), f"{what}: the payload ran"
         outcomes["module"] += 1
     assert outcomes["module"] > 0 and outcomes["SpecError"] > 0, outcomes

@@ -6,15 +6,15 @@ import networkx as nx
 import pytest
 import sympy as sp
 
-from attncc.compiler import PIPELINE, lower, start
+from attncc.compiler import PIPELINE, SCAN_PIPELINE, lower, start
 from attncc.ir import expr as E
 from attncc.ir.build import build_cascade
 from attncc.ir.graph import add_node, sweeps_over
 from attncc.ir.verify import IRError, verify
-from attncc.spec.loader import library, resolve
+from attncc.spec.loader import recurrence_library, resolve, softmax_library
 
 
-@pytest.mark.parametrize("name", list(library()))
+@pytest.mark.parametrize("name", list(softmax_library()))
 def test_every_pass_keeps_the_ir_valid(name: str) -> None:
     spec = resolve(name)
     low = start(spec)
@@ -67,3 +67,18 @@ def test_identity_elimination_only_removes_identities() -> None:
 def test_score_gradient_is_symbolic() -> None:
     low = lower(resolve("temperature"))
     assert low.dscore == E.load("temp", E.b, E.h, E.m)
+
+
+@pytest.mark.parametrize("name", list(recurrence_library()))
+def test_every_scan_pass_keeps_the_ir_valid(name: str) -> None:
+    """A recurrence spec: a scan cascade, one sweep over t, the chunkwise schedule and a chunks plan."""
+    low = start(resolve(name))
+    g = low.graph
+    verify(g)
+    assert sweeps_over(g, "t") == 1 and any(d["op"] == "scan" for _, d in g.nodes(data=True))
+    for p in SCAN_PIPELINE:
+        low.records.append(p(low))
+        verify(g)
+    result = low.result()
+    assert result.schedule.name == "chunkwise" and all(p.kind == "chunks" for p in result.plans.values())
+    assert [r.name for r in result.records] == [p.__name__ for p in SCAN_PIPELINE]

@@ -18,9 +18,9 @@ from conftest import DEVICE, SMALL_TILES
 from reference import REFERENCES, check_attention, reference
 
 import attncc
-from attncc.spec.loader import library
+from attncc.spec.loader import softmax_library
 
-LIBRARY = sorted(library())
+LIBRARY = sorted(softmax_library())
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 # Non-default parameters chosen so that masks and modifications bite at lengths below 128.
