@@ -13,10 +13,9 @@ The graph carries two graph-level attributes: ``graph.graph["variant"]`` (the
 (mask analyses, derivatives, iteration plans, the schedule) is not stored on the graph but in the
 typed :class:`~attncc.passes.lowered.Lowering` that carries it through the pipeline.
 
-Designed-in extensions (verified structurally, produced by later passes):
-``scan`` (a state carried along a sequence index: linear recurrences) and
-``merge`` (partial online-softmax states combined after a split reduction).
-See ``docs/ir.md``.
+``scan`` carries a state along a sequence index (linear recurrences: :mod:`attncc.ir.scan`);
+``merge`` (partial online-softmax states combined after a split reduction) is verified
+structurally.  See ``docs/ir.md``.
 """
 
 from __future__ import annotations
