@@ -126,7 +126,7 @@ def _emit_pages(plan: PagePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
         if has_full:
             lines += [f"    f_lo = tl.maximum(f_lo, {pr.p(seg.full_lo)})",
                       f"    f_hi = tl.minimum(f_hi, {pr.p(seg.full_hi)})"]
-        lines += [f"seg_lo = tl.minimum(tl.maximum(u_lo // {block} * {block}, visited_end), kv_end)",
+        lines += [f"seg_lo = tl.minimum(tl.maximum((u_lo // {block}) * {block}, visited_end), kv_end)",
                   f"seg_end = tl.maximum(tl.minimum(tl.cdiv(u_hi, {block}) * {block}, kv_end), seg_lo)",
                   f"full_lo = tl.minimum(tl.maximum(tl.cdiv(f_lo, {block}) * {block}, seg_lo), seg_end)",
                   f"full_hi = tl.maximum(tl.minimum(tl.minimum(f_hi // {block} * {block}, seg_end), causal_full), full_lo)",
