@@ -98,7 +98,8 @@ class BitOp(sp.Function):
 
     @staticmethod
     def apply(a: int, b_: int) -> int:
-        raise NotImplementedError
+        """The operation on Python ints; each subclass defines it (the base class has none)."""
+        raise NotImplementedError("BitOp is abstract: use BitAnd, BitOr, BitXor, ShiftLeft or ShiftRight")
 
     @classmethod
     def eval(cls, a: sp.Basic, b_: sp.Basic) -> sp.Integer | None:

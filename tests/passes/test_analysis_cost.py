@@ -198,14 +198,17 @@ def test_unordered_ranges_become_one_union() -> None:
         check_plan(analysis, swapped, values, "keys", 64, 64, 8, 8)
 
 
-@pytest.mark.parametrize("formula", [
-    pytest.param("And(Or(a, b), Or(c, d, e))", id="and-of-ors"),
-    pytest.param("Not(And(Or(a, b), Or(c, d)))", id="negated"),
-    pytest.param("Or(And(a, Or(b, c)), Not(Or(d, And(e, a))))", id="nested"),
+_ATOMS = {s: sp.Symbol(s) > 0 for s in "abcde"}
+_A, _B, _C, _D, _E = (_ATOMS[s] for s in "abcde")
+
+
+@pytest.mark.parametrize(("formula", "pred"), [
+    pytest.param("And(Or(a, b), Or(c, d, e))", sp.And(sp.Or(_A, _B), sp.Or(_C, _D, _E)), id="and-of-ors"),
+    pytest.param("Not(And(Or(a, b), Or(c, d)))", sp.Not(sp.And(sp.Or(_A, _B), sp.Or(_C, _D))), id="negated"),
+    pytest.param("Or(And(a, Or(b, c)), Not(Or(d, And(e, a))))",
+                 sp.Or(sp.And(_A, sp.Or(_B, _C)), sp.Not(sp.Or(_D, sp.And(_E, _A)))), id="nested"),
 ])
-def test_dnf_size_counts_the_conjuncts_before_expanding(formula: str) -> None:
-    atoms = {s: sp.Symbol(s) > 0 for s in "abcde"}
-    pred = sp.sympify(formula, locals={**atoms, "And": sp.And, "Or": sp.Or, "Not": sp.Not})
+def test_dnf_size_counts_the_conjuncts_before_expanding(formula: str, pred: sp.Basic) -> None:
     expanded = sp.to_dnf(pred, simplify=False)
     want = len(expanded.args) if isinstance(expanded, sp.Or) else 1
     assert dnf_size(pred, 1000) == want, f"{formula}: counted {dnf_size(pred, 1000)}, DNF has {want}"

@@ -6,7 +6,6 @@ in a subprocess with the interpreter off."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,12 +14,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import scan_templates
 import torch
 from recurrence_reference import FEATURES, naive_recurrence
 from reference import assert_close_to_golden
-
-from attncc.codegen.context import fill_hooks
-from attncc.codegen.literals import py_literal
 
 TEMPLATE = (Path(__file__).resolve().parents[2] / "attncc" / "schedules" / "chunkwise" / "templates"
             / "chunkwise.py.tmpl")
@@ -43,9 +40,7 @@ def render(feature: str) -> str:
     phi, dphi = KERNEL_FEATURES[feature]
     text = (f"@triton.jit\ndef feature(x):\n    return {phi}\n\n\n"
             f"@triton.jit\ndef feature_grad(x):\n    return {dphi}\n")
-    return fill_hooks(TEMPLATE.read_text(), {"HEADER": f'"""Chunkwise recurrence kernels, feature {feature}."""',
-                                             "FEATURE": text, "DEFAULT_CONFIGS": py_literal(CONFIGS),
-                                             "GATE_KIND": py_literal("vector")})
+    return scan_templates.render(TEMPLATE, f"Chunkwise recurrence kernels, feature {feature}.", text, CONFIGS)
 
 
 def write_module(feature: str, directory: Path) -> Path:
@@ -54,18 +49,11 @@ def write_module(feature: str, directory: Path) -> Path:
     return path
 
 
-def import_module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     directory = tmp_path_factory.mktemp("chunkwise")
-    return {name: import_module(write_module(name, directory)) for name in KERNEL_FEATURES}
+    return {name: scan_templates.import_rendered(render(name), directory / f"chunkwise_{name}.py")
+            for name in KERNEL_FEATURES}
 
 
 # --------------------------------------------------------------------------- problem and references

@@ -9,7 +9,6 @@ Triton's interpreter off.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,13 +17,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import scan_templates
 import torch
 from recurrence_reference import FEATURES, naive_recurrence
 from reference import assert_close_to_golden
 
 import attncc
-from attncc.codegen.context import fill_hooks
-from attncc.codegen.literals import py_literal
 
 TEMPLATE = Path(attncc.__file__).parent / "schedules" / "recurrent" / "templates" / "recurrent.py.tmpl"
 
@@ -45,12 +43,8 @@ STEP_DEFAULTS = {"step": {
 
 def render(feature: str) -> str:
     """Module text of the template for one feature map."""
-    return fill_hooks(TEMPLATE.read_text(), {
-        "HEADER": f'"""Recurrent step kernel, feature {feature} (test rendering)."""',
-        "FEATURE": FEATURE_TEXT[feature],
-        "DEFAULT_CONFIGS": py_literal(STEP_DEFAULTS),
-        "GATE_KIND": py_literal("vector"),
-    })
+    return scan_templates.render(TEMPLATE, f"Recurrent step kernel, feature {feature} (test rendering).",
+                                 FEATURE_TEXT[feature], STEP_DEFAULTS)
 
 
 def write_module(directory: Path, feature: str) -> Path:
@@ -59,18 +53,10 @@ def write_module(directory: Path, feature: str) -> Path:
     return path
 
 
-def import_path(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def modules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModuleType]:
     directory = tmp_path_factory.mktemp("recurrent")
-    return {f: import_path(write_module(directory, f)) for f in FEATURE_TEXT}
+    return {f: scan_templates.import_rendered(render(f), directory / f"recurrent_{f}.py") for f in FEATURE_TEXT}
 
 
 # --- inputs and reference ---------------------------------------------------------------------------
