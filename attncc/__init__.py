@@ -31,6 +31,8 @@ _select_interpreter()
 
 from attncc.errors import AttnccError, CompileError, InputError, SpecError  # noqa: E402
 from attncc.runtime.api import (  # noqa: E402
+    AuxOutput,
+    AuxRequest,
     BlockMask,
     CompiledAttention,
     attention,
@@ -43,6 +45,6 @@ from attncc.runtime.blockmask import document_ids  # noqa: E402
 from attncc.version import __version__  # noqa: E402
 
 __all__ = [
-    "AttnccError", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",
+    "AttnccError", "AuxOutput", "AuxRequest", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",
     "__version__", "attention", "create_block_mask", "decode", "document_ids", "flex_attention", "load",
 ]

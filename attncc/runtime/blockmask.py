@@ -15,6 +15,8 @@ Tables: ``kv_num_blocks [B, H, Mb]``, ``kv_indices [B, H, Mb, Nb]`` (partial blo
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,12 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return bs  # type: ignore[return-value]
 
 
-@dataclass
+def sliced_mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+    """The ``mask_mod`` of a sliced :class:`BlockMask` (torch resets it the same way)."""
+    raise InputError("BlockMask: a sliced mask has no mask_mod; set mask_mod from the original mask")
+
+
+@dataclass(repr=False)
 class BlockMask:
     """A mask for ``attncc.flex_attention`` (see the module docstring)."""
 
@@ -148,7 +155,7 @@ class BlockMask:
         """Elementwise mask ``[B, H, Q_LEN, KV_LEN]`` (bool): the mask_mod, within the given blocks."""
         B, H, M, N = self.shape
         keep = torch.ones(B, H, M, N, dtype=torch.bool)
-        if self.mask_mod is not None:
+        if self.mask_mod is not None and self.mask_mod is not sliced_mask_mod:
             from attncc.runtime.reference import dense_mask, index_env
 
             spec, caps = spec_from_mods(None, self.mask_mod)
@@ -162,29 +169,65 @@ class BlockMask:
         return keep
 
     def to_dense(self) -> torch.Tensor:
-        """Block occupancy ``[B, H, Mb, Nb]`` int32: 1 where a block holds an unmasked element."""
+        """Block occupancy ``[B, H, Mb, Nb]`` int32 (torch's ``to_dense``): 1 where a block is
+        listed (partial or full), i.e. holds an unmasked element."""
         B, H = self.shape[:2]
         return (self.classes() > 0).expand(B, H, -1, -1).to(torch.int32)
 
-    def sparsity(self) -> float:
-        """Percentage of blocks that are entirely masked (as torch's ``BlockMask.sparsity``)."""
-        return 100.0 * (1.0 - self.to_dense().float().mean().item())
+    def numel(self) -> int:
+        """Elements of the mask, ignoring sparsity: the product of :attr:`shape` (as torch's)."""
+        return math.prod(self.shape)
 
-    def to_string(self, grid_size: tuple[int, int] = (20, 20), limit: int = 4) -> str:
-        """Block map per (batch, head): '█' full, '░' partial, ' ' empty (at most ``limit`` maps)."""
-        classes = self.classes()
+    def sparsity(self) -> float:
+        """Percentage of the mask not computed, as torch's ``BlockMask.sparsity``: ``100 * (1 -
+        listed blocks * BLOCK_SIZE area / numel)`` (negative when edge blocks overhang the lengths)."""
+        computed = int(self.to_dense().sum()) * self.BLOCK_SIZE[0] * self.BLOCK_SIZE[1]
+        return 100.0 * (1.0 - computed / self.numel()) if self.numel() else 0.0
+
+    def to_string(self, grid_size: int | tuple[int, int] = (20, 20), limit: int = 4) -> str:
+        """torch's ``BlockMask.to_string``: per (batch, head), the block occupancy summarised on at
+        most ``grid_size`` cells ('█' all listed, '░' some, ' ' none; each cell two characters wide);
+        ``grid_size=-1`` shows every block; at most ``limit`` maps."""
+        return _block_text(self.to_dense(), grid_size, limit)
+
+    def __str__(self) -> str:
+        return f"BlockMask(shape={self.shape}, sparsity={self.sparsity():.2f}%, \n{self.to_string().strip()}\n)"
+
+    def __repr__(self) -> str:
+        shapes = {name: t.shape if isinstance(t, torch.Tensor) else None
+                  for name, t in self.tables.items() if name in TABLE_ORDER}
+        lines = [f"    {name}={shapes.get(name)}," for name in TABLE_ORDER]
+        mod = getattr(self.mask_mod, "__name__", self.mask_mod)
+        return "\n".join(["BlockMask(", *lines, f"    BLOCK_SIZE={self.BLOCK_SIZE},", f"    shape={self.shape},",
+                          f"    sparsity={self.sparsity():.2f}%,", f"    mask_mod={mod}", ")"])
+
+    def __getitem__(self, index: Any) -> BlockMask:
+        """The mask of some batches and heads (``mask[b]``, ``mask[b, h]``, slices): as torch, an
+        integer keeps its dimension and the result has block tables only; its ``mask_mod`` is reset
+        (``flex_attention`` refuses it until one is set again from the original mask)."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > 2:
+            raise InputError("BlockMask[...]: index the batch and head dimensions only "
+                             f"(got {len(index)} indices)")
         B, H = self.shape[:2]
-        classes = classes.expand(B, H, -1, -1)
-        lines = [f"BlockMask(shape={self.shape}, sparsity={self.sparsity():.2f}%,"]
-        for b in range(B):
-            for h in range(H):
-                if b * H + h >= limit:
-                    lines.append("...")
-                    return "\n".join([*lines, ")"])
-                lines.append(f"({b}, {h})")
-                grid = classes[b, h][: grid_size[0], : grid_size[1]]
-                lines += ["".join(" ░█"[int(c)] for c in row) for row in grid]
-        return "\n".join([*lines, ")"])
+        picks = tuple(_as_slice(i, n, what) for i, n, what in
+                      zip((*index, slice(None), slice(None))[:2], (B, H), ("batch", "head"), strict=True))
+        classes = self.classes().expand(B, H, -1, -1)[picks].contiguous()
+        from attncc.passes.blocks import block_tables
+
+        bm, bn = self.BLOCK_SIZE
+        bt = block_tables(classes, bm, bn)
+        tables: dict[str, Any] = {name: getattr(bt, name) for name in TABLE_ORDER}
+        tables.update(block_m=bm, block_n=bn)
+        return BlockMask(sliced_mask_mod, classes.shape[0], classes.shape[1], self.Q_LEN, self.KV_LEN,
+                         self.BLOCK_SIZE, self.device, tables)
+
+    def to(self, device: Any) -> BlockMask:
+        """A copy on ``device`` (given tables moved; tables built from a mask_mod are built again)."""
+        tables = None if self.given_tables is None else {
+            name: t.to(device) if isinstance(t, torch.Tensor) else t for name, t in self.given_tables.items()}
+        return BlockMask(self.mask_mod, self.B, self.H, self.Q_LEN, self.KV_LEN, self.BLOCK_SIZE,
+                         torch.device(device), tables)
 
     def stats(self, head_dim: int = 64) -> dict[str, int]:
         """Kernel tiles at the shape this mask was built for, summed over batch and heads:
@@ -206,6 +249,45 @@ class BlockMask:
         total = -(-M // bm) * -(-N // bn) * B * H
         return {"block_m": bm, "block_n": bn, "tiles_total": total, "tiles_visited": visited,
                 "tiles_nonempty": nonempty}
+
+
+def _as_slice(i: Any, n: int, what: str) -> slice:
+    """An index of one batch-like dimension of size ``n`` as a slice (an int keeps the dimension)."""
+    if isinstance(i, slice):
+        if len(range(n)[i]) == 0:
+            raise InputError(f"BlockMask[...]: {what} slice {i} selects nothing (size {n})")
+        return i
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise InputError(f"BlockMask[...]: {what} index must be an int or a slice, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise InputError(f"BlockMask[...]: {what} index {i} out of range for size {n}")
+    i %= n
+    return slice(i, i + 1)
+
+
+def _block_text(dense: torch.Tensor, grid_size: int | tuple[int, int], limit: int) -> str:
+    """torch's ``BlockMask.to_string`` of a block occupancy map ``[*batch, Mb, Nb]``."""
+    *batch, rows, cols = dense.shape
+    if isinstance(grid_size, int):
+        max_rows, max_cols = (rows, cols) if grid_size == -1 else (grid_size, grid_size)
+    else:
+        max_rows, max_cols = grid_size
+    row_step, col_step = max(1, -(-rows // max_rows)), max(1, -(-cols // max_cols))
+    out: list[str] = []
+    for count, idx in enumerate(itertools.product(*[range(n) for n in batch])):
+        if count == limit:
+            out += ["...", "To print out more, set BlockMask.to_string(limit=N)",
+                    "You can also index (BlockMask[batch, head]) to choose a specific batch or head"]
+            break
+        grid = dense[idx].float()
+        text = f"{idx}\n"
+        for r in range(0, rows, row_step):
+            for c in range(0, cols, col_step):
+                share = grid[r:r + row_step, c:c + col_step].mean().item()
+                text += ("█" if share == 1 else " " if share == 0 else "░") * 2
+            text += "\n"
+        out.append(text)
+    return "\n".join(out)
 
 
 def _causal(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
