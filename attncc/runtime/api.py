@@ -27,6 +27,9 @@ from attncc.runtime.mods import call_mods
 __all__ = ["AuxOutput", "AuxRequest", "BlockMask", "CompiledAttention", "attention", "compile_spec", "create_block_mask", "decode",
            "flex_attention", "load", "spec_from_mods"]
 
+_WARNED: set[str] = set()  # deprecation warnings given in this process
+
+
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    score_mod: Callable[..., Any] | None = None, block_mask: Any = None,
                    scale: float | None = None, enable_gqa: bool = False, return_lse: bool = False,
@@ -47,7 +50,8 @@ def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """
     host.check_tensor_args("flex_attention", query, key, value)
     want_lse, want_max = aux_wanted(return_lse, return_aux)
-    if return_lse:
+    if return_lse and "return_lse" not in _WARNED:  # once per process, as torch warns
+        _WARNED.add("return_lse")
         warnings.warn("return_lse is deprecated (as in torch's flex_attention); "
                       "use return_aux=AuxRequest(lse=True)", FutureWarning, stacklevel=2)
     options = parse_kernel_options(kernel_options)

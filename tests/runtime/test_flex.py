@@ -42,8 +42,9 @@ def torch_flex(q, k, v, score_mod=None, mask_mod=None, enable_gqa=False, scale=N
 def ours(q, k, v, score_mod=None, mask_mod=None, enable_gqa=False, tiles=SMALL_TILES):
     B, H, M, N = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     bm = attncc.create_block_mask(mask_mod, B, H, M, N, device=q.device) if mask_mod is not None else None
-    return attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=enable_gqa,
-                                 return_lse=True, kernel_options=dict(tiles))
+    out, aux = attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=bm, enable_gqa=enable_gqa,
+                                     kernel_options=dict(tiles), return_aux=attncc.AuxRequest(lse=True))
+    return out, aux.lse
 
 
 def assert_matches_torch(label: str, got: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -21,6 +21,7 @@ from conftest import DEVICE, SMALL_TILES
 from reference import assert_close_to_golden
 
 import attncc
+from attncc.runtime import api
 from attncc.runtime.flex_options import FLEX_KEYS, INTERNAL_KEYS
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -276,6 +277,7 @@ def row_return_aux_max_scores() -> None:
 
 def row_return_lse_deprecated() -> None:
     q, k, v = qkv(1, 1, 20, 20)
+    api._WARNED.discard("return_lse")  # warned once per process, as torch does
     with pytest.warns(FutureWarning, match="return_lse is deprecated"):
         out, lse = attncc.flex_attention(q, k, v, kernel_options=SMALL_TILES, return_lse=True)
     _, aux = attncc.flex_attention(q, k, v, kernel_options=SMALL_TILES, return_aux=attncc.AuxRequest(lse=True))

@@ -148,9 +148,9 @@ def inputs(B: int, H: int, M: int, N: int, D: int = 16) -> tuple[torch.Tensor, .
 def ours(q, k, v, score_mod, mask_mod) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, M, N = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     bm = attncc.create_block_mask(mask_mod, B, H, M, N) if mask_mod is not None else None
-    o, lse = attncc.flex_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), score_mod=score_mod, block_mask=bm,
-                                   return_lse=True, kernel_options=dict(SMALL_TILES))
-    return o.cpu(), lse.cpu()
+    o, aux = attncc.flex_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), score_mod=score_mod, block_mask=bm,
+                                   kernel_options=dict(SMALL_TILES), return_aux=attncc.AuxRequest(lse=True))
+    return o.cpu(), aux.lse.cpu()
 
 
 def check(label: str, score_mod: Callable | None, mask_mod: Callable | None, B: int, H: int, M: int, N: int) -> None:
