@@ -144,6 +144,22 @@ def test_max_scores_with_block_lists_and_gradients() -> None:
     assert torch.isfinite(dq).all(), "dq of the output next to max_scores"
 
 
+def test_return_aux_under_torch_compile_equals_eager() -> None:
+    q, k, v = qkv(1, 2, 40, 40)
+    bm = attncc.create_block_mask(causal, 1, 2, 40, 40)
+
+    def fwd(q, k, v):
+        out, aux = attncc.flex_attention(q, k, v, score_mod=head_bias, block_mask=bm, kernel_options=SMALL_TILES,
+                                         return_aux=attncc.AuxRequest(lse=True, max_scores=True))
+        return out, aux.lse, aux.max_scores
+
+    torch._dynamo.reset()
+    eager, compiled = fwd(q, k, v), torch.compile(fwd, fullgraph=True, backend="aot_eager")(q, k, v)
+    for name, a, b in zip(("out", "lse", "max_scores"), eager, compiled, strict=True):
+        assert torch.equal(a, b), f"compiled {name} differs from eager"
+    check_aux("compiled", (compiled[0], tflex.AuxOutput(*compiled[1:])), q, k, v, head_bias, causal)
+
+
 @pytest.mark.parametrize("request_", [pytest.param(attncc.AuxRequest(), id="nothing"),
                                       pytest.param(tflex.AuxRequest(lse=True), id="torch-class-lse-only"),
                                       pytest.param(attncc.AuxRequest(max_scores=True), id="max-only")])
