@@ -88,7 +88,9 @@ def recurrence_attention(compiled: CompiledRecurrence, q: torch.Tensor, k: torch
     incoming, final = _compose(states, None if initial_state is None else h0, last)
     rincoming = _compose_reverse(states, count) if both else {}
     outs = [_finish(s, incoming.get(s.chunk), rincoming.get(s.chunk), q.dtype) for s in segments]
-    o = _Tie.apply(outs[0] if len(outs) == 1 else torch.cat(outs, 2), gathered, h0)
+    if all(incoming.get(s.chunk) is None and rincoming.get(s.chunk) is None for s in segments):
+        outs[0] = _Tie.apply(outs[0], gathered, h0)
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
     return (o, final) if output_final_state else o
 
 
@@ -219,13 +221,14 @@ class _Exchange(torch.autograd.Function):
 
 
 class _Tie(torch.autograd.Function):
-    """``o`` unchanged, made to depend on the exchange's outputs, so that every rank's backward
-    reaches the exchange's collective (rank 0's causal output reads no other rank's state)."""
+    """A copy of ``o`` made to depend on the exchange's outputs, so that every rank's backward
+    reaches the exchange's collective (used where the output reads no incoming state: rank 0's
+    causal output without an initial state)."""
 
     @staticmethod
     def forward(ctx: Any, o: torch.Tensor, *anchors: torch.Tensor) -> torch.Tensor:
         ctx.anchors = [(a.shape, a.dtype, a.device) for a in anchors]
-        return o.view_as(o)
+        return o.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -264,7 +267,8 @@ def _segment(compiled: CompiledRecurrence, name: str, chunk: int, q: torch.Tenso
     o = compiled(q, k, v, g=g, scale=scale, config=config, **kwargs)
     low = compiled.generated.lowered
     params = _param_values(compiled, kwargs)
-    captures = {c: kwargs[c] for c in compiled.spec.captures}
+    # captured tensors get no gradient, as in the single-process call (its op gives them none)
+    captures = {c: kwargs[c].detach() for c in compiled.spec.captures}
     gate = gate_values(low.gate, low.gate_kind, low.decay, name, q, g, captures, params)
     phi_q = _feature(low.feature, q, params) * scale
     phi_k = _feature(low.feature, k, params)

@@ -9,6 +9,7 @@ measured bytes of each collective).  References are the naive step-by-step recur
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,7 @@ CASES: dict[int, list[tuple[str, str, str, int, bool]]] = {
         ("gla_bidirectional-zigzag-T60", "gla_bidirectional", "zigzag", 30, False)],
     4: [("gla-contiguous-T60", "gla", "contiguous", 15, True),
         ("mamba2-zigzag-T64", "mamba2", "zigzag", 16, True),
-        ("retnet-contiguous-T60", "retnet", "contiguous", 15, True),
+        ("retnet-contiguous-T60-no-state", "retnet", "contiguous", 15, False),
         ("linear_attention-zigzag-T64", "linear_attention", "zigzag", 16, True)],
 }
 
@@ -211,6 +212,8 @@ def bad_inputs(world: int, rank: int) -> dict[str, str]:
                                                            g=x["g"][:, :, :8 if rank else 16]),
         "bad-gate-on-rank-1": lambda: recurrence_attention(fn, x["q"], x["k"], x["v"],
                                                            g=x["g"][..., 0] if rank == 1 else x["g"]),
+        "gradients-on-rank-0-only": lambda: recurrence_attention(
+            fn, x["q"], x["k"].detach().requires_grad_(rank == 0), x["v"], g=x["g"]),
         "unknown-layout": lambda: recurrence_attention(fn, x["q"], x["k"], x["v"], g=x["g"], layout="ring"),
         "packed": lambda: recurrence_attention(fn, x["q"], x["k"], x["v"], g=x["g"],
                                                cu_seqlens=torch.tensor([0, 16], dtype=torch.int32)),
@@ -231,16 +234,19 @@ def run(rank: int, world: int, port: int, out_dir: str) -> None:
     """One rank: join the group, run every case, write rank<r>.json."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    results: dict[str, Any] = {"cases": {}}
+    results: dict[str, Any] = {"cases": {}, "cpu_s": {}}
     try:
         for case, spec, layout, T_local, with_state in CASES[world]:
+            start = time.process_time()
             try:
                 check_case(spec, layout, T_local, with_state, world, rank)
                 results["cases"][case] = None
             except Exception as exc:  # noqa: BLE001 - reported by the test that reads the case
                 results["cases"][case] = f"{type(exc).__name__}: {exc}"
+            results["cpu_s"][case] = time.process_time() - start
         results["bad inputs"] = bad_inputs(world, rank)
         results["communication"] = communication(world, rank)
+        results["cpu_s"]["total"] = time.process_time()
     finally:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
         dist.destroy_process_group()

@@ -33,20 +33,33 @@ def _free_port() -> int:
 
 
 @functools.cache
-def group_results(world: int) -> list[dict[str, Any]]:
-    """Run every case on ``world`` gloo ranks (once per world size); each rank's results."""
+def _run_group(world: int) -> list[dict[str, Any]] | str:
+    """Run every case on ``world`` gloo ranks, once per world size: each rank's results, or why
+    the group failed (kept, so that every test of the group reports it without rerunning it)."""
     out_dir = tempfile.mkdtemp(prefix=f"attncc-lasp-{world}-")
     # a forkserver imports torch and attncc once instead of once per rank
     multiprocessing.get_context("forkserver").set_forkserver_preload(["lasp_workers"])
     ctx = tmp.start_processes(W.run, args=(world, _free_port(), out_dir), nprocs=world, join=False,
                               start_method="forkserver")
     end = time.monotonic() + DEADLINE_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > end:
-            for p in ctx.processes:
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > end:
+                return f"{world} ranks did not finish within {DEADLINE_S} s"
+    except Exception as exc:  # noqa: BLE001 - a rank's crash, reported by every test of the group
+        return f"a rank failed: {exc}"
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
                 p.kill()
-            pytest.fail(f"{world} ranks did not finish within {DEADLINE_S} s")
     return [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def group_results(world: int) -> list[dict[str, Any]]:
+    found = _run_group(world)
+    if isinstance(found, str):
+        pytest.fail(found)
+    return found
 
 
 CASE_PARAMS = [pytest.param(world, case[0], id=f"world{world}-{case[0]}") for world in WORLDS
@@ -64,6 +77,7 @@ BAD = {
     "odd-zigzag-shard": "shard length 15 is not a positive multiple of 2 (zigzag layout)",
     "mismatched-layouts": "the layout differs across ranks",
     "mismatched-lengths": "the shard length differs across ranks",
+    "gradients-on-rank-0-only": "the need for k, v, g gradients differs across ranks",
     "unknown-layout": "layout: expected one of contiguous, zigzag",
     "packed": "packed sequences (cu_seqlens) are not split across ranks",
     "position-gate": "the gate reads t beyond g[..., t, ...]",
