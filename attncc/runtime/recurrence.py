@@ -247,9 +247,9 @@ def gate_values(gate: sp.Expr, kind: str, decay: bool, name: str, q: torch.Tenso
     value = value.expand(*((B, H, T, K) if vector else (B, H, T))).contiguous()
     if decay and value.numel():
         worst = int(torch.argmax(value))
-        if float(value.view(-1)[worst]) > 0:
+        if float(value.detach().view(-1)[worst]) > 0:
             at = list(torch.unravel_index(torch.tensor(worst), value.shape))
-            raise InputError(f"{name}: the log-gate is {float(value.view(-1)[worst]):.4g} > 0 at "
+            raise InputError(f"{name}: the log-gate is {float(value.detach().view(-1)[worst]):.4g} > 0 at "
                              f"{[int(i) for i in at]}; the spec requires decay (log-gate <= 0)")
     if not torch.isfinite(value).all():
         raise InputError(f"{name}: the log-gate has non-finite values")
