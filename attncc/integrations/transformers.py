@@ -9,14 +9,15 @@ cache, as an :class:`HFMask`; :func:`attention_forward` traces it into an attncc
 
 What a model passes and where it goes:
 
-* causal, ``sliding_window``, padding, packed sequences: the :class:`HFMask`; packed sequences
-  given as ``cu_seq_lens_q``/``cu_seq_lens_k`` (flattened batches of one row) become a document mask;
+* causal, ``sliding_window``, padding, packed sequences: the :class:`HFMask` (transformers finds
+  packing from ``position_ids`` only without a cache, ``use_cache=False``); packed sequences given
+  as ``cu_seq_lens_q``/``cu_seq_lens_k`` (a flattened batch of one row) add a document mask;
 * ``softcap``: ``softcap * tanh(score / softcap)`` as a score mod;
 * ``s_aux`` (attention sinks, one logit per head): the output is renormalised with the lse,
   ``o * sigmoid(lse - s_aux[h])``;
 * GQA (fewer key/value heads): ``enable_gqa``; ``scaling``: the softmax scale;
-* a short query block (at most 16 tokens) at the end of a KV cache, with no gradient needed:
-  :func:`attncc.decode` (the decode schedule).
+* a short query block (at most 16 tokens, fewer than the keys) with no gradient needed, as in
+  generation from a KV cache: :func:`attncc.decode` (the decode schedule).
 
 Refused with one-line :class:`~attncc.InputError`: ``dropout > 0``, ``output_attentions=True``,
 ``position_bias``, and with an attached spec, a padded or packed batch.
@@ -43,6 +44,7 @@ from transformers.masking_utils import (
 import attncc
 from attncc.errors import InputError
 from attncc.runtime.decode import MAX_DECODE_QUERIES
+from attncc.runtime.ops import spec_info
 
 NAME = "attncc"
 _ATTR = "_attncc_attachment"
@@ -143,7 +145,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         out = _run_spec(attachment, query, key, value, attention_mask, scaling, s_aux is not None, kwargs)
     else:
         score_mod = _score_mod(softcap, attention_mask, attachment)
-        mask_mod, offsets = _mask_mod(module, attention_mask, sliding_window, M, N, kwargs, attachment)
+        mask_mod, offsets = _mask_mod(module, attention_mask, sliding_window, query, N, kwargs, attachment)
         out = _run_mods(query, key, value, score_mod, mask_mod, offsets, scaling, s_aux is not None)
     if s_aux is not None:
         o, lse = out
@@ -184,9 +186,11 @@ def _score_mod(softcap: float | None, mask: HFMask | torch.Tensor | None, attach
     return score_mod
 
 
-def _mask_mod(module: torch.nn.Module, mask: HFMask | torch.Tensor | None, sliding_window: int | None, M: int,
-              N: int, kwargs: dict[str, Any], attachment: Attachment | None) -> tuple[Mod | None, tuple[Any, Any]]:
+def _mask_mod(module: torch.nn.Module, mask: HFMask | torch.Tensor | None, sliding_window: int | None,
+              query: torch.Tensor, N: int, kwargs: dict[str, Any],
+              attachment: Attachment | None) -> tuple[Mod | None, tuple[Any, Any]]:
     """The mask in absolute positions and the (query, key) offsets of the call's first positions."""
+    query_batch, M = query.shape[0], query.shape[2]
     offsets: tuple[Any, Any] = (0, 0)
     if isinstance(mask, HFMask):
         fn: Mod | None = mask.mask_mod
@@ -199,7 +203,7 @@ def _mask_mod(module: torch.nn.Module, mask: HFMask | torch.Tensor | None, slidi
         fn = _default_mask(module, sliding_window)
         if fn is not None:
             offsets = (N - M, 0)  # queries are the last M positions (bottom-right causal)
-        fn = _and(fn, _cu_seqlens_mask(kwargs))
+    fn = _and(fn, _cu_seqlens_mask(kwargs, query_batch))
     if attachment is not None:
         fn = _and(fn, attachment.mask_mod)
     return fn, offsets
@@ -235,13 +239,15 @@ def _default_mask(module: torch.nn.Module, sliding_window: int | None) -> Mod | 
     return causal
 
 
-def _cu_seqlens_mask(kwargs: dict[str, Any]) -> Mod | None:
+def _cu_seqlens_mask(kwargs: dict[str, Any], batch: int) -> Mod | None:
     """Flash-attention style packing (``cu_seq_lens_q == cu_seq_lens_k``, one row): a document mask."""
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if cu_q is None and cu_k is None:
         return None
     if cu_q is None or cu_k is None or not torch.equal(cu_q, cu_k):
         raise InputError("attncc attention: cu_seq_lens_q and cu_seq_lens_k must be given together and be equal")
+    if batch != 1:
+        raise InputError(f"attncc attention: cu_seq_lens_q describes a flattened batch of one row, got batch {batch}")
     total = int(cu_q[-1])
     doc = (torch.searchsorted(cu_q.to(torch.int64), torch.arange(total, device=cu_q.device), right=True) - 1)
     doc = doc.to(torch.int32).view(1, total)
@@ -274,11 +280,13 @@ def _run_mods(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Mod 
     """Decode schedule for a short query block at the end of the keys, else ``flex_attention``."""
     B, H, M, _ = q.shape
     N = k.shape[2]
-    q_off, kv_off = offsets
-    at_end = isinstance(q_off, int) and isinstance(kv_off, int) and kv_off == 0 and q_off == N - M
-    if (mask_mod is not None and at_end and 0 < M <= MAX_DECODE_QUERIES and M < N and not _needs_grad(q, k, v)
+    if (mask_mod is not None and 0 < M <= MAX_DECODE_QUERIES and M < N and not _needs_grad(q, k, v)
             and not torch.compiler.is_compiling()):
-        block_mask = attncc.create_block_mask(mask_mod, B, None, M, N, device=q.device)
+        # attncc.decode's query i is at position N - M + i of the keys (the offsets are relative to that)
+        q_off, kv_off = offsets
+        relative = (q_off - (N - M), kv_off)
+        block_mask = attncc.create_block_mask(_with_offsets(mask_mod, relative, q.device), B, None, M, N,
+                                              device=q.device)
         return attncc.decode(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=lse)
     block_mask = None
     if mask_mod is not None:
@@ -299,6 +307,9 @@ def _run_spec(attachment: Attachment, q: torch.Tensor, k: torch.Tensor, v: torch
                          "use the document_causal spec with its doc capture")
     M, N = q.shape[2], k.shape[2]
     fn, params = attachment.spec, attachment.spec_kwargs
+    if q.shape[1] != k.shape[1] and not spec_info(fn).gqa:  # a spec without GQA sees every query head's keys
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     if M == N:
         return fn(q, k, v, scale=scale, return_lse=lse, **params)
     if M < N and M <= MAX_DECODE_QUERIES and not _needs_grad(q, k, v):
