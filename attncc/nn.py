@@ -106,10 +106,12 @@ class MultiheadAttention(nn.Module):
         if self.rotary:
             pos = positions if positions is not None else torch.arange(L, device=x.device)
             q, k = apply_rotary(q, pos, self.rotary_base), apply_rotary(k, pos, self.rotary_base)
-        o = self._attend(q, k, v, spec_kwargs)
+        o = self.attend(q, k, v, **spec_kwargs)
         return self.o_proj(o.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec_kwargs: dict[str, Any]) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **spec_kwargs: Any) -> torch.Tensor:
+        """The attention of projected heads: q ``[B, H, L, D]``, k and v ``[B, HK, L, D]`` ->
+        ``[B, H, L, D]`` (after the rotary embedding; a subclass may override it)."""
         if self.compiled is None:
             if spec_kwargs:
                 raise InputError(f"MultiheadAttention: keyword arguments {sorted(spec_kwargs)} are for a spec; "
