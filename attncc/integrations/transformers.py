@@ -27,6 +27,7 @@ Refused with one-line :class:`~attncc.InputError`: ``dropout > 0``, ``output_att
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,12 +43,14 @@ from transformers.masking_utils import (
 )
 
 import attncc
-from attncc.errors import InputError
+from attncc.errors import AttnccError, InputError
 from attncc.runtime.decode import MAX_DECODE_QUERIES
 from attncc.runtime.ops import spec_info
 
 NAME = "attncc"
 _ATTR = "_attncc_attachment"
+# No GPU, and Triton was imported (by a transformers model class) before attncc could select its interpreter.
+_NO_BACKEND = "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available()
 Mod = Callable[..., Any]
 
 __all__ = ["NAME", "Attachment", "HFMask", "attention_forward", "mask_interface", "register", "use"]
@@ -137,6 +140,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query ``[B, H, L, D]``, key and value
     ``[B, HK, S, D]``; returns ``(attn_output [B, L, H, D], None)``."""
+    if _NO_BACKEND:
+        raise AttnccError("attncc attention: no GPU, and Triton was imported before attncc could choose its "
+                          "interpreter; import attncc first or set TRITON_INTERPRET=1")
     _refuse_unsupported(dropout, kwargs)
     attachment: Attachment | None = module.__dict__.get(_ATTR)
     B, H, M, _ = query.shape

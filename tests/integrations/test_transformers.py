@@ -14,6 +14,7 @@ rows become NaN in fp64.  ``test_dense_reference_is_eager`` checks that the refe
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -243,7 +244,8 @@ def test_use_attaches_a_spec() -> None:
     assert_close_to_golden("llama use(spec=sliding_window): logits", got, gold, same)
     with torch.no_grad():
         cache = ours(ids[:, :9], use_cache=True).past_key_values
-        step = ours(ids[:, 9:], cache=cache, use_cache=True).logits
+        cache_kw = "cache" if "cache" in inspect.signature(ours.forward).parameters else "past_key_values"
+        step = ours(ids[:, 9:], **{cache_kw: cache}, use_cache=True).logits
     assert_close_to_golden("llama use(spec=sliding_window): decode step logits", step[0, -1], gold[0, -1], same[0, -1])
 
 
