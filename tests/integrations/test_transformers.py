@@ -29,6 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa
 
 import attncc  # noqa: E402
 from attncc.integrations import transformers as hf  # noqa: E402
+from attncc.runtime.compiled import _COMPILED  # noqa: E402
 
 DENSE = "attncc_test_dense"
 
@@ -179,14 +180,18 @@ def test_packed_sequences_by_cu_seqlens() -> None:
 
 @pytest.mark.parametrize("family", [pytest.param(f, id=f) for f in ("llama-gqa", "gemma2-softcap-window")])
 def test_greedy_generate_matches_eager_and_uses_decode(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Four greedy tokens from a KV cache: the same tokens as eager; the steps run attncc.decode."""
+    """Four greedy tokens from a KV cache: the same tokens as eager; the steps run attncc.decode and
+    compile nothing after the first step."""
     ours, eager = _build(family, "attncc"), _build(family, "eager")
     calls: list[tuple[int, ...]] = []
+    compiled_specs: list[int] = []
     real_decode = attncc.decode
 
     def counting_decode(q: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         calls.append(tuple(q.shape))
-        return real_decode(q, *args, **kwargs)
+        out = real_decode(q, *args, **kwargs)
+        compiled_specs.append(len(_COMPILED))
+        return out
 
     monkeypatch.setattr(hf.attncc, "decode", counting_decode)
     prompt = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(5))
@@ -195,6 +200,8 @@ def test_greedy_generate_matches_eager_and_uses_decode(family: str, monkeypatch:
     assert got.tolist() == want.tolist(), f"{family}: generated {got.tolist()}, eager {want.tolist()}"
     layers = ours.config.num_hidden_layers
     assert len(calls) == 3 * layers and all(s[2] == 1 for s in calls), f"{family}: decode calls {calls}"
+    # later steps (longer caches, new offsets) reuse the kernels of the first step
+    assert len(set(compiled_specs[layers - 1:])) == 1, f"{family}: specs compiled per step {compiled_specs}"
 
 
 def _shifted_bias_mask(L: int, doc: torch.Tensor) -> torch.Tensor:
