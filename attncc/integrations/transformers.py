@@ -264,17 +264,22 @@ def _cu_seqlens_mask(kwargs: dict[str, Any], batch: int) -> Mod | None:
     return same_document
 
 
-def _with_offsets(fn: Mod, offsets: tuple[Any, Any], device: torch.device) -> Mod:
-    """``fn`` over the call's indices; the offsets are read from a captured tensor (no recompile per step)."""
+def _shifted(score_mod: Mod | None, mask_mod: Mod | None, offsets: tuple[Any, Any],
+             device: torch.device) -> tuple[Mod | None, Mod | None]:
+    """The mods over the kernel's indices: both get ``index + offset`` (absolute positions); the
+    offsets are read from a captured tensor, so a new offset compiles nothing new."""
     q_off, kv_off = offsets
     if isinstance(q_off, int) and isinstance(kv_off, int) and q_off == 0 and kv_off == 0:
-        return fn
+        return score_mod, mask_mod
     offs = torch.stack([torch.as_tensor(q_off), torch.as_tensor(kv_off)]).to(device=device, dtype=torch.int32)
-
-    def shifted(b: Any, h: Any, q: Any, kv: Any) -> Any:
-        return fn(b, h, q + offs[0], kv + offs[1])
-
-    return shifted
+    shifted_score = shifted_mask = None
+    if score_mod is not None:
+        def shifted_score(score: Any, b: Any, h: Any, q: Any, kv: Any) -> Any:
+            return score_mod(score, b, h, q + offs[0], kv + offs[1])
+    if mask_mod is not None:
+        def shifted_mask(b: Any, h: Any, q: Any, kv: Any) -> Any:
+            return mask_mod(b, h, q + offs[0], kv + offs[1])
+    return shifted_score, shifted_mask
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -283,21 +288,18 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 def _run_mods(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Mod | None, mask_mod: Mod | None,
               offsets: tuple[Any, Any], scale: float | None, lse: bool) -> Any:
-    """Decode schedule for a short query block at the end of the keys, else ``flex_attention``."""
+    """Decode schedule for a short query block with no gradient, else ``flex_attention``.  The mods
+    take absolute positions: the call's query i is at ``offsets[0] + i``, key j at ``offsets[1] + j``."""
     B, H, M, _ = q.shape
     N = k.shape[2]
     if (mask_mod is not None and 0 < M <= MAX_DECODE_QUERIES and M < N and not _needs_grad(q, k, v)
             and not torch.compiler.is_compiling()):
-        # attncc.decode's query i is at position N - M + i of the keys (the offsets are relative to that)
-        q_off, kv_off = offsets
-        relative = (q_off - (N - M), kv_off)
-        block_mask = attncc.create_block_mask(_with_offsets(mask_mod, relative, q.device), B, None, M, N,
-                                              device=q.device)
+        # attncc.decode's query i is at index N - M + i, so the shift to absolute positions is smaller by N - M
+        score_mod, mask_mod = _shifted(score_mod, mask_mod, (offsets[0] - (N - M), offsets[1]), q.device)
+        block_mask = attncc.create_block_mask(mask_mod, B, None, M, N, device=q.device)
         return attncc.decode(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=lse)
-    block_mask = None
-    if mask_mod is not None:
-        block_mask = attncc.create_block_mask(_with_offsets(mask_mod, offsets, q.device), B, None, M, N,
-                                              device=q.device)
+    score_mod, mask_mod = _shifted(score_mod, mask_mod, offsets, q.device)
+    block_mask = None if mask_mod is None else attncc.create_block_mask(mask_mod, B, None, M, N, device=q.device)
     return attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                                  enable_gqa=H != k.shape[1], return_lse=lse)
 

@@ -204,21 +204,26 @@ def test_greedy_generate_matches_eager_and_uses_decode(family: str, monkeypatch:
     assert len(set(compiled_specs[layers - 1:])) == 1, f"{family}: specs compiled per step {compiled_specs}"
 
 
+def _cache_kw(model: Any) -> str:
+    """The forward keyword of the KV cache (``past_key_values`` before transformers 5)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _shifted_bias_mask(L: int, doc: torch.Tensor) -> torch.Tensor:
-    """A 4D additive mask for the reference: causal, same document, score - 0.25 * (q - kv)."""
+    """A 4D additive mask for the reference: causal, same document, score - 0.05 * (q - kv)^2."""
     q, kv = torch.arange(L)[:, None], torch.arange(L)[None, :]
     keep = (kv <= q) & (doc[:, :, None] == doc[:, None, :])
-    bias = -0.25 * (q - kv).double()
+    bias = -0.05 * (q - kv).double() ** 2
     return torch.where(keep, bias, torch.finfo(torch.float64).min)[:, None]
 
 
 def test_use_attaches_mods_without_editing_the_model() -> None:
-    """use(model, score_mod=, mask_mod=): a distance penalty and a document mask on top of causal."""
+    """use(model, score_mod=, mask_mod=): a quadratic distance penalty and a document mask on top of causal."""
     models = _models("llama-gqa")
     doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2]])
 
     def penalty(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-        return score - 0.25 * (q_idx - kv_idx)
+        return score - 0.05 * (q_idx - kv_idx) * (q_idx - kv_idx)
 
     def same_doc(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
         return doc[b, q_idx] == doc[b, kv_idx]
@@ -234,6 +239,10 @@ def test_use_attaches_mods_without_editing_the_model() -> None:
     assert_close_to_golden("llama use(mods): logits", got, gold, same)
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"):
         assert_close_to_golden(f"llama use(mods): gradient of {name}", g_got[name], g_gold[name], g_same[name])
+    with torch.no_grad():  # one decode step from a cache: the mods see absolute positions there too
+        cache = models[0](ids[:, :10], use_cache=True).past_key_values
+        step = models[0](ids[:, 10:], **{_cache_kw(models[0]): cache}, use_cache=True).logits
+    assert_close_to_golden("llama use(mods): decode step logits", step[0, -1], gold[-1], same[-1])
 
 
 def test_use_attaches_a_spec() -> None:
@@ -251,8 +260,7 @@ def test_use_attaches_a_spec() -> None:
     assert_close_to_golden("llama use(spec=sliding_window): logits", got, gold, same)
     with torch.no_grad():
         cache = ours(ids[:, :9], use_cache=True).past_key_values
-        cache_kw = "cache" if "cache" in inspect.signature(ours.forward).parameters else "past_key_values"
-        step = ours(ids[:, 9:], **{cache_kw: cache}, use_cache=True).logits
+        step = ours(ids[:, 9:], **{_cache_kw(ours): cache}, use_cache=True).logits
     assert_close_to_golden("llama use(spec=sliding_window): decode step logits", step[0, -1], gold[0, -1], same[0, -1])
 
 
