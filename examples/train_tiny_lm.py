@@ -5,7 +5,7 @@ runs start from the same weights and see the same batches (same seed); the attnc
 spec of your choice (``--spec``, with ``--param name=value`` for its params), the baseline
 plain causal attention on ``torch.nn.functional.scaled_dot_product_attention``.  Writes a
 loss-curve PNG and prints both final losses.  With the defaults it runs on CPU (Triton's
-interpreter) in a few minutes, about 2 s per attncc step on one core; raise ``--steps`` on a GPU::
+interpreter) in a few minutes, about 3 s of CPU per attncc step; raise ``--steps`` on a GPU::
 
     python examples/train_tiny_lm.py --spec sliding_window --param window=16 --out loss.png
 """
