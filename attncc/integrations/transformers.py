@@ -300,8 +300,12 @@ def _run_mods(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Mod 
         return attncc.decode(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, return_lse=lse)
     score_mod, mask_mod = _shifted(score_mod, mask_mod, offsets, q.device)
     block_mask = None if mask_mod is None else attncc.create_block_mask(mask_mod, B, None, M, N, device=q.device)
-    return attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                                 enable_gqa=H != k.shape[1], return_lse=lse)
+    if not lse:
+        return attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                                     enable_gqa=H != k.shape[1])
+    out, aux = attncc.flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                                     enable_gqa=H != k.shape[1], return_aux=attncc.AuxRequest(lse=True))
+    return out, aux.lse
 
 
 def _run_spec(attachment: Attachment, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
