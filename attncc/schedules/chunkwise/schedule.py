@@ -51,6 +51,10 @@ DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {"recurrence": {
 }}
 
 
+_LOOP_TILES = {"chunk_state_kernel": ("BLOCK_V", "CHUNK"), "chunk_dstate_kernel": ("BLOCK_V", "CHUNK"),
+               "chunk_dqk_kernel": ("CHUNK", "BLOCK_V")}
+
+
 class ChunkwiseSchedule(ScanSchedule):
     name = "chunkwise"
     description = ("chunks of CHUNK tokens: a state sweep per (batch x head, value block) in fp32, then "
@@ -83,6 +87,12 @@ class ChunkwiseSchedule(ScanSchedule):
             if name == kernel.name:
                 return sig, constexprs
         raise KeyError(f"chunkwise module has no kernel {kernel.name}")
+
+    def loop_tiles(self, kernel: KernelDecl) -> tuple[str, str] | None:
+        """The state sweeps consume CHUNK tokens per iteration for BLOCK_V value columns;
+        chunk_dqk_kernel sweeps the value dim BLOCK_V at a time for the CHUNK tokens of its chunk;
+        the other chunk-parallel kernels have no tile loop."""
+        return _LOOP_TILES.get(kernel.name)
 
     def flops(self, kind: str, shape: Shape) -> float:
         """Per token: the intra-chunk scores and their product with v (2 CHUNK (K + V), at CHUNK = 64),
