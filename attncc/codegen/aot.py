@@ -392,11 +392,13 @@ def compile_report(
     *,
     kernel_name: str | None = None,
     divisible_by_16: Iterable[str] | None = None,
+    tiles: tuple[str, str] | None = None,
 ) -> KernelReport:
     """Compile ``fn`` ahead of time and report its resources; memoized in-process.
 
     Repeated calls with the same inputs return the *same* :class:`KernelReport` object.
-    ``kernel_name`` defaults to ``fn.__name__``.
+    ``kernel_name`` defaults to ``fn.__name__``.  ``tiles``: the config keys of the key loop's
+    row tile and swept tile, for :attr:`KernelReport.loop_metric` (None: no tile loop).
     """
     fn = _check_fn(fn)
     gpu = parse_target(target)
@@ -405,14 +407,15 @@ def compile_report(
     if divisible_by_16 is not None:
         divisible_by_16 = tuple(divisible_by_16)  # used twice: an iterator would be spent
     inputs = _resolve_inputs(fn, signature, constexprs, gpu.arch, num_warps, num_stages, divisible_by_16)
-    key = (inputs.key, name)
+    key = (inputs.key, name, tiles)
     cached = _REPORTS.get(key)
     if cached is not None:
         return cached
     compiled = compile_kernel(
         fn, signature, constexprs, target, num_warps, num_stages, divisible_by_16=divisible_by_16
     )
-    report = report_from_compiled(compiled, target, _config(inputs.constexprs, num_warps, num_stages), name)
+    report = report_from_compiled(compiled, target, _config(inputs.constexprs, num_warps, num_stages), name,
+                                  tiles=tiles)
     _REPORTS.put(key, report)
     return report
 
@@ -496,14 +499,15 @@ def _run_ptxas(ptx: str, arch: int, metadata: Any) -> str:
 
 
 def report_from_compiled(
-    compiled: CompiledKernel, target: str, config: dict, kernel_name: str
+    compiled: CompiledKernel, target: str, config: dict, kernel_name: str, *, tiles: tuple[str, str] | None = None
 ) -> KernelReport:
     """Build a :class:`KernelReport` from a compiled kernel by re-running ``ptxas -v`` on its PTX.
 
     Registers come from ``compiled.n_regs`` when the kernel was loaded on a GPU, else from ptxas;
     spills always from ptxas.  Shared memory is Triton's dynamic request (``metadata.shared``)
     plus ptxas' static ``smem``.  wgmma (HGMMA) and mma.sync (HMMA) counts come from
-    ``cuobjdump -sass`` of the cubin Triton built (:mod:`attncc.codegen.sass`).
+    ``cuobjdump -sass`` of the cubin Triton built (:mod:`attncc.codegen.sass`), and so do the
+    TMA / cp.async / plain load counts.  ``tiles`` as for :func:`compile_report`.
     """
     name = target_name(target)
     arch = parse_target(target).arch
@@ -542,4 +546,12 @@ def report_from_compiled(
         loop_instructions=sass.loop_instructions,
         loop_hgmma=sass.loop_hgmma,
         loop_hmma=sass.loop_hmma,
+        tma=sass.tma,
+        cp_async=sass.cp_async,
+        ldg=sass.ldg,
+        loop_tma=sass.loop_tma,
+        loop_cp_async=sass.loop_cp_async,
+        loop_ldg=sass.loop_ldg,
+        row_tile=None if tiles is None else tiles[0],
+        swept_tile=None if tiles is None else tiles[1],
     )

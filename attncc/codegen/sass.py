@@ -10,6 +10,11 @@ target to the branch.  The key loop is the smallest *innermost* loop (one contai
 loop) that issues tensor-core instructions: in attncc's kernels the mask-free tiles' loop, since
 the masked loops around it carry the mask arithmetic on top of the same tile work (checked for
 the built-in ``causal`` spec against nvdisasm's line information).
+
+Global loads are counted by how they move data: ``UTMALDG``/``UBLKCP``/``UTMAPF`` are the tensor
+memory accelerator (TMA: tensor-descriptor loads, bulk copies, prefetches), ``LDGSTS`` is
+``cp.async`` (a pointer load straight into shared memory) and ``LDG`` a plain pointer load into
+registers.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ __all__ = ["SassStats", "cuobjdump_sass", "parse_sass"]
 
 WGMMA_OPCODE = "HGMMA"
 MMA_SYNC_OPCODE = "HMMA"
+TMA_OPCODES = frozenset({"UTMALDG", "UBLKCP", "UTMAPF"})
+CP_ASYNC_OPCODE = "LDGSTS"
+LOAD_OPCODE = "LDG"
 
 # "/*0ca0*/   @!P3 BRA 0x2070 ;" -> address, opcode (without its .modifiers), operands
 _INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[0-9T]+\s+)?([A-Z][A-Z0-9_]*)\S*\s*([^;]*);")
@@ -36,7 +44,8 @@ _BRANCH_TARGET = re.compile(r"^0x([0-9a-f]+)\s*$")
 
 @dataclass(frozen=True)
 class SassStats:
-    """Tensor-core instructions of one kernel, and of its key loop (``None``: no such loop)."""
+    """Tensor-core instructions and global loads of one kernel, and of its key loop (``None``: no
+    such loop).  ``tma``/``cp_async``/``ldg``: TMA, ``LDGSTS`` and ``LDG`` instructions."""
 
     instructions: int
     hgmma: int
@@ -44,6 +53,12 @@ class SassStats:
     loop_instructions: int | None
     loop_hgmma: int | None
     loop_hmma: int | None
+    tma: int = 0
+    cp_async: int = 0
+    ldg: int = 0
+    loop_tma: int | None = None
+    loop_cp_async: int | None = None
+    loop_ldg: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,15 @@ def _innermost(loops: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [a for a in loops if not any(b != a and a[0] <= b[0] and b[1] <= a[1] for b in loops)]
 
 
+def _loads(opcodes: list[str]) -> tuple[int, int, int]:
+    """(TMA, cp.async, plain) global loads among ``opcodes``."""
+    tma = sum(op in TMA_OPCODES for op in opcodes)
+    return tma, opcodes.count(CP_ASYNC_OPCODE), opcodes.count(LOAD_OPCODE)
+
+
 def parse_sass(sass: str) -> SassStats:
-    """Count ``HGMMA``/``HMMA`` in ``cuobjdump -sass`` text of one kernel, whole and in its key loop."""
+    """Count ``HGMMA``/``HMMA`` and global loads in ``cuobjdump -sass`` text of one kernel, whole
+    and in its key loop."""
     instructions = _instructions(sass)
     opcodes = [i.opcode for i in instructions]
     bodies = []
@@ -86,6 +108,8 @@ def parse_sass(sass: str) -> SassStats:
         if WGMMA_OPCODE in body or MMA_SYNC_OPCODE in body:
             bodies.append(body)
     key = min(bodies, key=len, default=None)
+    tma, cp_async, ldg = _loads(opcodes)
+    loop_loads = (None, None, None) if key is None else _loads(key)
     return SassStats(
         instructions=len(opcodes),
         hgmma=opcodes.count(WGMMA_OPCODE),
@@ -93,6 +117,8 @@ def parse_sass(sass: str) -> SassStats:
         loop_instructions=None if key is None else len(key),
         loop_hgmma=None if key is None else key.count(WGMMA_OPCODE),
         loop_hmma=None if key is None else key.count(MMA_SYNC_OPCODE),
+        tma=tma, cp_async=cp_async, ldg=ldg,
+        loop_tma=loop_loads[0], loop_cp_async=loop_loads[1], loop_ldg=loop_loads[2],
     )
 
 

@@ -75,7 +75,8 @@ def interpreting() -> bool:
 def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int, head_dim_v: int | None = None,
                    config: dict[str, int] | None = None, kinds: tuple[str, ...] | None = None) -> list[KernelReport]:
     """Compile the spec's kernels of ``kinds`` (default: every kind of its schedule) for ``target``;
-    report registers, spills, shared memory.
+    report registers, spills, shared memory, SASS counts and (with the schedule's
+    :meth:`~attncc.schedules.base.Schedule.loop_tiles`) the key loop's metric.
 
     Triton cannot compile ahead of time in a process that runs its interpreter,
     so in that case the compile runs in a subprocess with the interpreter off.
@@ -99,7 +100,8 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
                 fn, decl, dtype, head_dim, head_dim_v, cfg, module, schedule.aot_constexprs(decl))
             out.append(compile_report(getattr(module, decl.name), sig, constexprs, target, cfg["num_warps"],
                                       cfg["num_stages"], kernel_name=f"{fn.spec.name}.{decl.name}[{dtype},d{head_dim}]",
-                                      divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v)))
+                                      divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v),
+                                      tiles=schedule.loop_tiles(decl)))
     return out
 
 

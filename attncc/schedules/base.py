@@ -86,6 +86,12 @@ class Schedule(ABC):
         head dims, tiles and dot precision)."""
         return {}
 
+    def loop_tiles(self, kernel: KernelDecl) -> tuple[str, str] | None:
+        """Config keys of ``kernel``'s tile loop: (its row tile, the tile it sweeps per iteration),
+        for the AOT report's loop metric; None when it has no tile loop.  By default from
+        ``kernel.sweeps``: keys swept -> ``(BLOCK_M, BLOCK_N)``, queries -> ``(BLOCK_N, BLOCK_M)``."""
+        return {"keys": ("BLOCK_M", "BLOCK_N"), "queries": ("BLOCK_N", "BLOCK_M")}.get(kernel.sweeps)
+
     def prefers_block_table(self, low: Lowered) -> bool:
         """Whether calls should build block tables at launch (``CallFacts(block_table=True)``)
         because the plan derived at compile time would visit empty tiles."""

@@ -120,3 +120,45 @@ def test_parse_sass_picks_the_smallest_innermost_tensor_core_loop() -> None:
 def test_parse_sass_without_tensor_core_loop() -> None:
     stats = parse_sass(LISTING.replace("HGMMA", "FFMA").replace("HMMA", "FFMA"))
     assert (stats.hgmma, stats.hmma, stats.loop_instructions, stats.loop_hgmma) == (0, 0, None, None)
+
+
+LOADS_LISTING = """
+        /*0000*/                   LDG.E.128 R4, desc[UR6][R2.64] ;        /* 0x0000000602047981 */
+        /*0010*/                   UTMALDG.2D [UR8], [UR4] ;               /* 0x00000008040075b4 */
+        /*0020*/                   LDGSTS.E.BYPASS.128 [R5], desc[UR6][R2.64] ; /* 0x0000000002057fae */
+        /*0030*/                   HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ; /* 0x0000000000187459 */
+        /*0040*/                   UBLKCP.S.G [UR4], [UR6], UR8 ;          /* 0x00000004060073ba */
+        /*0050*/                   LDGDEPBAR ;                             /* 0x00000000000079af */
+        /*0060*/               @P0 BRA 0x10 ;                              /* 0xffffffec00b0b947 */
+        /*0070*/                   UTMAPF.L2.2D [UR8], [UR4] ;             /* 0x00000008040075b8 */
+        /*0080*/                   EXIT ;                                  /* 0x000000000000794d */
+"""
+
+
+def test_parse_sass_counts_loads_by_path() -> None:
+    """UTMALDG/UBLKCP/UTMAPF are TMA, LDGSTS is cp.async, LDG a plain load (LDGDEPBAR is none);
+    the loop 0x10-0x60 holds one TMA load, one bulk copy and one cp.async."""
+    stats = parse_sass(LOADS_LISTING)
+    assert (stats.tma, stats.cp_async, stats.ldg) == (3, 1, 1), stats
+    assert (stats.loop_tma, stats.loop_cp_async, stats.loop_ldg) == (2, 1, 0), stats
+    no_loop = parse_sass(LOADS_LISTING.replace("HGMMA", "FFMA"))
+    assert (no_loop.loop_tma, no_loop.loop_cp_async, no_loop.loop_ldg) == (None, None, None), no_loop
+
+
+def test_loop_metric_and_loads_of_a_report() -> None:
+    """The metric: loop instructions x warps / swept tile x 128 / row tile, from the tile names."""
+    base = dict(kernel="k", target="sm_90", registers=128, spill_store_bytes=0, spill_load_bytes=0,
+                shared_bytes=0, max_shared_bytes=232448, uses_wgmma=True, hgmma=4, hmma=0,
+                loop_instructions=300, loop_hgmma=2, loop_hmma=0, tma=0, cp_async=4, ldg=2,
+                loop_tma=0, loop_cp_async=4, loop_ldg=0)
+    fwd = KernelReport(config={"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}, row_tile="BLOCK_M",
+                       swept_tile="BLOCK_N", **base)
+    assert fwd.loop_metric == 300 * 8 / 64 and fwd.loads == "cp.async"
+    swapped = KernelReport(config={"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}, row_tile="BLOCK_N",
+                           swept_tile="BLOCK_M", **base)
+    assert swapped.loop_metric == 300 * 4 / 32 * 128 / 128
+    untiled = KernelReport(config={"BLOCK_M": 128, "num_warps": 8}, **base)
+    assert untiled.loop_metric is None, "a kernel without tile names has no metric"
+    row = next(line for line in format_reports([fwd, untiled]).splitlines() if line.startswith("k "))
+    assert "37.5" in row and "cp.async" in row and "0/4/0" in row, row
+    assert KernelReport.from_json(fwd.to_json()) == fwd and fwd.to_json()["loop_metric"] == 37.5

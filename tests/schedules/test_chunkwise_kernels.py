@@ -31,7 +31,7 @@ KERNEL_FEATURES = {
 # The recommended defaults: zero spills for every kernel and gate at K = V = 64 and 128 (fp16, sm_90).
 CONFIGS = {"recurrence": {
     64: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
-    128: {"CHUNK": 32, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
+    128: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
     256: {"CHUNK": 16, "BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
 }}
 
@@ -154,6 +154,13 @@ def test_fp16_against_naive_recurrence(modules: dict[str, ModuleType], gate: str
                {"CHUNK": 32})
 
 
+def test_fp16_vector_gate_at_chunk_64_in_steps_and_slices(modules: dict[str, ModuleType]) -> None:
+    """CHUNK = 64 (the d64/d128 default): the state sweeps take two 32-token steps; K = 80 rounds
+    to a key block of 128, which the output and dv kernels take in two 64-column slices."""
+    check_case(modules["elu1"], "vector elu1 fp16 T=77 K=80 c64", "vector", "elu1", 77, 80, 16, torch.float16,
+               True, True, {"CHUNK": 64})
+
+
 @pytest.mark.parametrize("gate", [pytest.param("scalar", id="scalar"), pytest.param("vector", id="vector")])
 def test_strong_decay_stays_finite(modules: dict[str, ModuleType], gate: str) -> None:
     """Log-gates around -15 per token: cumulative sums reach -1000 in a chunk; nothing overflows."""
@@ -217,6 +224,15 @@ def test_backward_refuses_states_of_another_chunk(modules: dict[str, ModuleType]
     _, _, saved = m.chunk_forward(q, q, q, None, scale=0.25, gate="none", config={"CHUNK": 16})
     with pytest.raises(ValueError, match="saved states"):
         m.chunk_backward(q, q, q, None, q, None, saved, scale=0.25, gate="none", config={"CHUNK": 32})
+
+
+def test_vector_gate_state_sweeps_step_32_tokens(modules: dict[str, ModuleType]) -> None:
+    """At CHUNK = 64 a vector gate's state sweeps apply each chunk in two 32-token steps
+    (test_fp16_vector_gate_at_chunk_64_in_steps_and_slices runs that path); the other gates take
+    the chunk whole."""
+    m = modules["identity"]
+    assert [m._sub_chunk(g, 64) for g in ("none", "scalar", "vector")] == [64, 64, 32]
+    assert m._sub_chunk("vector", 16) == 16
 
 
 def test_launch_config_caps_blocks(modules: dict[str, ModuleType]) -> None:

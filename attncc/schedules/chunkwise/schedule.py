@@ -41,14 +41,20 @@ def _cdiv(a: int, b: int) -> int:
 
 
 # Head-dim bound (max(K, V)) -> default config, from an ahead-of-time sweep for zero spills on
-# sm_90 (fp16, every gate kind; tests/codegen/test_aot_specs.py).  BLOCK_K is the key slice of
-# chunk_dqk_kernel only; the other kernels hold the whole key dim.  At 128, CHUNK = 64 spills in the
-# vector-gate state sweeps (their fp64 cumulative gate tile), so CHUNK = 32 (mma.sync, not wgmma).
+# sm_90 (fp16 and bf16, every gate kind; tests/codegen/test_hopper_budgets.py).  BLOCK_K is the key
+# slice of chunk_dqk_kernel only; the other kernels hold the whole key dim.  CHUNK = 64 makes the
+# chunk-parallel products [CHUNK, *] x [*, *] wide enough for wgmma on sm_90 (a warpgroup needs 64
+# rows; at CHUNK = 32 they ran on mma.sync); with 4 warps they spill at 128, so 8.  The vector-gate
+# state sweeps apply a chunk 32 tokens at a time (SUB_CHUNK in the template) to stay spill-free.
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {"recurrence": {
     64: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
-    128: {"CHUNK": 32, "BLOCK_K": 64, "BLOCK_V": 64, "num_warps": 8, "num_stages": 1},
+    128: {"CHUNK": 64, "BLOCK_K": 32, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
     256: {"CHUNK": 16, "BLOCK_K": 64, "BLOCK_V": 32, "num_warps": 8, "num_stages": 1},
 }}
+
+
+_LOOP_TILES = {"chunk_state_kernel": ("BLOCK_V", "CHUNK"), "chunk_dstate_kernel": ("BLOCK_V", "CHUNK"),
+               "chunk_dqk_kernel": ("CHUNK", "BLOCK_V")}
 
 
 class ChunkwiseSchedule(ScanSchedule):
@@ -83,6 +89,12 @@ class ChunkwiseSchedule(ScanSchedule):
             if name == kernel.name:
                 return sig, constexprs
         raise KeyError(f"chunkwise module has no kernel {kernel.name}")
+
+    def loop_tiles(self, kernel: KernelDecl) -> tuple[str, str] | None:
+        """The state sweeps consume CHUNK tokens per iteration for BLOCK_V value columns;
+        chunk_dqk_kernel sweeps the value dim BLOCK_V at a time for the CHUNK tokens of its chunk;
+        the other chunk-parallel kernels have no tile loop."""
+        return _LOOP_TILES.get(kernel.name)
 
     def flops(self, kind: str, shape: Shape) -> float:
         """Per token: the intra-chunk scores and their product with v (2 CHUNK (K + V), at CHUNK = 64),

@@ -52,6 +52,10 @@ class RecurrentSchedule(ScanSchedule):
                                                  config=dict(config))
         return sig, consts
 
+    def loop_tiles(self, kernel: KernelDecl) -> tuple[str, str] | None:
+        """No tile loop: the step kernel runs its tokens one at a time (outer products, no tensor cores)."""
+        return None
+
     def flops(self, kind: str, shape: Shape) -> float:
         """Per token: the state update (2 K V) and the output (2 K V)."""
         self.check_kind(kind)
