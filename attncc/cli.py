@@ -77,10 +77,10 @@ def main() -> None:
 @main.command()
 def specs() -> None:
     """List the built-in spec library."""
-    from attncc.spec.loader import library, load_file
+    from attncc.spec.library import description, library
 
     for name, path in library().items():
-        click.echo(f"{name:26s} {load_file(path).description}")
+        click.echo(f"{name:26s} {description(path)}")
 
 
 @main.command()
@@ -145,25 +145,28 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
 def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tuple[str, ...], as_json: bool,
             plot: str | None, decode: str | None, heads: str, block_n: int, programs: int, query_len: int) -> None:
     """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
-    from attncc.runtime.api import load
+    from attncc.compiler import generate
     from attncc.runtime.explain import explain as run_explain
     from attncc.runtime.explain import format_explain, run_captures
+    from attncc.spec.loader import resolve
 
     _decode_options_need_decode(decode)
-    fn = load(spec)
+    spec_obj = resolve(spec)
+    low = generate(spec_obj).lowered  # lowered and rendered, not run: torch only for shapes and captures
     dims = parse_shape(shape)
-    values = _checked_params(fn.spec, parse_params(params))
+    values = _checked_params(spec_obj, parse_params(params))
     if captures and dims is None:
         raise click.UsageError("--capture needs --shape")
-    tensors = run_captures(fn.generated.lowered.variant, captures, dims) if dims else {}
-    info = run_explain(fn.spec, fn.generated.lowered, dims, values, captures=tensors)
+    tensors = run_captures(low.variant, captures, dims) if dims else {}
+    info = run_explain(spec_obj, low, dims, values, captures=tensors)
     text = None if as_json else format_explain(info)
     if decode is not None:
+        from attncc.passes.lowered import CallFacts
         from attncc.runtime.decode_explain import decode_partition, format_decode, parse_ints
 
         hq, hkv = parse_ints(heads, "--heads", 2)
         info["decode"] = decode_partition(parse_ints(decode, "--decode"), (hq, hkv), block_n, programs, query_len,
-                                          fn.generated_decode().lowered, values)
+                                          generate(spec_obj, CallFacts(decode=True)).lowered, values)
         text = None if as_json else f"{text}\n\n{format_decode(info['decode'])}"
     click.echo(json.dumps(info, indent=2) if as_json else text)
     if plot is not None:
@@ -171,8 +174,7 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
             raise click.UsageError("--plot needs --shape")
         from attncc.runtime.plot import plot_tile_map
 
-        low = fn.generated.lowered
-        plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{fn.spec.name} {shape}")
+        plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{spec_obj.name} {shape}")
         click.echo(f"wrote {plot}", err=True)
 
 

@@ -15,10 +15,38 @@ from typing import Any
 
 import click
 
-from attncc.autotune.space import DTYPES, KINDS, config_to_str
 from attncc.errors import AttnccError, InputError
 
 STORAGE_HELP = "storage URL: sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB (default: $ATTNCC_STORAGE or the user cache dir)"
+
+
+class SpaceChoice(click.Choice):
+    """The kernel kinds or dtypes of :mod:`attncc.autotune.space`, read when first needed: building
+    the commands imports nothing heavy (the kinds come from the registered schedules)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from attncc.autotune import space
+
+        return tuple(getattr(space, self._name))
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass  # fixed by ``name``
+
+
+KIND_CHOICE = SpaceChoice("KINDS")
+DTYPE_CHOICE = SpaceChoice("DTYPES")
+
+
+def config_to_str(config: Any) -> str:
+    from attncc.autotune.space import config_to_str as to_str
+
+    return to_str(config)
 
 
 class OneLineError(click.ClickException):
@@ -100,8 +128,8 @@ def _offline_target(target: str | None) -> str:
 @click.command("tune", cls=OneLineCommand)
 @click.argument("spec")
 @click.option("--shape", required=True, help="problem size B,H,M,N,D or B,H,M,N,D,E")
-@click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True)
-@click.option("--kind", type=click.Choice(KINDS), default="fwd", show_default=True, help="kernel kind")
+@click.option("--dtype", type=DTYPE_CHOICE, default="fp16", show_default=True)
+@click.option("--kind", type=KIND_CHOICE, default="fwd", show_default=True, help="kernel kind")
 @click.option("--trials", type=click.IntRange(min=1), default=50, show_default=True, help="trials to run")
 @click.option("--storage", default=None, help=STORAGE_HELP)
 @click.option("--offline", is_flag=True, help="no GPU: prune and rank statically for --target")
@@ -142,7 +170,7 @@ def _storage_option(fn: Any) -> Any:
 
 
 def _filter_options(fn: Any) -> Any:
-    fn = click.option("--kind", type=click.Choice(KINDS), default=None, help="only this kernel kind")(fn)
+    fn = click.option("--kind", type=KIND_CHOICE, default=None, help="only this kernel kind")(fn)
     fn = click.option("--spec-hash", default=None, help="only this spec hash")(fn)
     return click.option("--gpu", default=None, help="only this GPU name")(fn)
 
@@ -225,7 +253,7 @@ def _delete_studies(storage_url: str, names: set[str] | None) -> int:
 
 @cache_group.command("clear", cls=OneLineCommand)
 @_storage_option
-@click.option("--kind", type=click.Choice(KINDS), default=None, help="only this kernel kind")
+@click.option("--kind", type=KIND_CHOICE, default=None, help="only this kernel kind")
 @click.option("--spec-hash", default=None, help="only this spec hash")
 @click.option("--keep-studies", is_flag=True, help="keep the Optuna studies (measured trials)")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")

@@ -15,7 +15,6 @@ from pathlib import Path
 from attncc.codegen.context import Context, check_names, fill_hooks, helper_source, spec_hooks
 from attncc.codegen.launch_text import emitted_source, launch_source
 from attncc.codegen.literals import doc_text, py_literal
-from attncc.codegen.merge import merge_source
 from attncc.codegen.plans import Loop, emit_plan
 from attncc.codegen.rules import print_rules
 from attncc.passes.lowered import Lowered
@@ -51,6 +50,8 @@ def _header(low: Lowered, source_key: str) -> str:
 
 def render(low: Lowered, source_key: str) -> str:
     """Source text of the standalone decode module of ``low``."""
+    from attncc.codegen.merge import merge_source  # imports torch (its host-side merge): only when rendering
+
     variant = low.variant
     check_names(variant)
     ctx = Context(variant)
