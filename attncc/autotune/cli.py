@@ -192,10 +192,23 @@ def ls_command(storage: str | None, kind: str | None, spec_hash: str | None, gpu
     if not entries:
         click.echo("no entries")
         return
-    for e in entries:
-        unit = "ms" if e.metric == "time_ms" else "ms(model)"
-        click.echo(f"{e.spec_name:<20} {e.key.kind:<10} {e.key.dtype:<4} {e.key.bucket:<28} "
-                   f"{e.key.identity!s:<32} {config_to_str(e.config)}  {e.value:.4g} {unit}  [{e.source}]")
+    for line in _table(LS_COLUMNS, [_ls_row(e) for e in entries]):
+        click.echo(line)
+
+
+LS_COLUMNS = ("SPEC", "KIND", "DTYPE", "BUCKET", "GPU", "CONFIG", "TIME", "SOURCE")
+
+
+def _ls_row(e: Any) -> tuple[str, ...]:
+    unit = "ms" if e.metric == "time_ms" else "ms (model)"
+    return (e.spec_name, e.key.kind, e.key.dtype, e.key.bucket, str(e.key.identity), config_to_str(e.config),
+            f"{e.value:.4g} {unit}", e.source)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header first."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
 
 
 @cache_group.command("export", cls=OneLineCommand)
@@ -220,16 +233,18 @@ def export_command(file: str, storage: str | None, kind: str | None, spec_hash: 
 @_storage_option
 @click.option("--force", is_flag=True, help="import even if the versions or the GPU differ from this machine")
 def import_command(file: str, storage: str | None, force: bool) -> None:
-    """Import entries exported by ``attncc cache export`` (checked against this machine)."""
+    """Import entries exported by ``attncc cache export`` (checked against this machine).
+
+    Idempotent: entries equal to the stored ones are not written again; an existing better entry is kept.
+    """
     from attncc.autotune.lookup import invalidate_lookup_cache
     from attncc.autotune.transfer import check_import
 
-    entries = check_import(file, force=force)  # a refused file leaves the storage untouched
+    entries = check_import(file, force=force)  # a refused file leaves the storage untouched (not even created)
     with _open_cache(storage, create=True) as cache:
-        written = cache.put_many(entries)
+        counts = cache.merge(entries)
     invalidate_lookup_cache()
-    kept = len(entries) - written
-    click.echo(f"imported {written} entries from {file}" + (f" ({kept} kept: existing entry was better)" if kept else ""))
+    click.echo(f"imported {counts.written} of {len(entries)} entries from {file}: {counts.summary()}")
 
 
 def _delete_studies(storage_url: str, names: set[str] | None) -> int:

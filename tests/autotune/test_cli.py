@@ -137,7 +137,9 @@ def test_cache_commands(main: click.Group, tmp_path: Path, sqlite_url: str) -> N
                        "--storage", sqlite_url, "-q")
         assert tuned.exit_code == 0, tuned.output
     listing = invoke(main, "cache", "ls", "--storage", sqlite_url)
-    assert listing.exit_code == 0 and len(listing.stdout.strip().splitlines()) == 2
+    header, *rows = listing.stdout.strip().splitlines()
+    assert listing.exit_code == 0 and len(rows) == 2
+    assert header.split() == ["SPEC", "KIND", "DTYPE", "BUCKET", "GPU", "CONFIG", "TIME", "SOURCE"]
     assert "offline (sm_90)" in listing.stdout
     as_json = json.loads(invoke(main, "cache", "ls", "--storage", sqlite_url, "--json", "--kind", "bwd").stdout)
     assert [e["key"]["kind"] for e in as_json] == ["bwd"]
@@ -153,7 +155,10 @@ def test_cache_commands(main: click.Group, tmp_path: Path, sqlite_url: str) -> N
     line = one_line_error(invoke(main, "cache", "import", str(exported), "--storage", other))
     assert "GPU offline (sm_90)" in line and "--force" in line
     forced = invoke(main, "cache", "import", str(exported), "--storage", other, "--force")
-    assert forced.exit_code == 0 and "imported 2 entries" in forced.stdout
+    assert forced.exit_code == 0 and "imported 2 of 2 entries" in forced.stdout
+    assert "2 new, 0 updated, 0 unchanged" in forced.stdout
+    again = invoke(main, "cache", "import", str(exported), "--storage", other, "--force")
+    assert again.exit_code == 0 and "imported 0 of 2 entries" in again.stdout and "2 unchanged" in again.stdout
 
     cleared = invoke(main, "cache", "clear", "--storage", sqlite_url, "--kind", "fwd", "--yes")
     assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stdout
