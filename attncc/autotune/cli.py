@@ -137,12 +137,20 @@ def _offline_target(target: str | None) -> str:
 @click.option("--seed", type=int, default=None, help="seed of the TPE sampler")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON only")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False),
+              help="draw the study's optimisation history to FILE.png (online runs; needs matplotlib)")
 def tune_command(spec: str, shape: str, dtype: str, kind: str, trials: int, storage: str | None,
-                 offline: bool, target: str | None, seed: int | None, as_json: bool, quiet: bool) -> None:
-    """Find the best config of SPEC's KIND kernel for one shape and store it in the tuning cache."""
+                 offline: bool, target: str | None, seed: int | None, as_json: bool, quiet: bool,
+                 plot: str | None) -> None:
+    """Find the best config of SPEC's KIND kernel for one shape and store it in the tuning cache.
+
+    Online, the study starts from the configs that offline runs ranked best for this GPU's target.
+    """
     from attncc.autotune.tunable import parse_shape
     from attncc.autotune.tuner import tune
 
+    if plot is not None and offline:
+        raise InputError("--plot draws an online study's history; an --offline run has no study")
     parsed = parse_shape(shape)
     offline_target = _offline_target(target) if offline else None
     tunable = _resolve_tunable(spec, kind)
@@ -156,8 +164,22 @@ def tune_command(spec: str, shape: str, dtype: str, kind: str, trials: int, stor
         _emit_json(result.to_json())
     else:
         click.echo(result.summary())
+    if plot is not None:
+        _plot(result, storage, plot)
     if result.best_config is None:
         sys.exit(1)
+
+
+def _plot(result: Any, storage: str | None, path: str) -> None:
+    """``tune --plot``: the study's history, unless static pruning left nothing to run."""
+    from attncc.autotune.history import plot_history
+    from attncc.autotune.storage import resolve_storage_url
+
+    if result.study_name is None or result.candidates == result.pruned:
+        click.echo(f"not plotted: every candidate was pruned statically, no trial ran ({path})", err=True)
+        return
+    plot_history(resolve_storage_url(storage), result.study_name, path)
+    click.echo(f"wrote {path}", err=True)
 
 
 @click.group("cache")
