@@ -104,11 +104,13 @@ def compile(spec: str, output: Path | None, target: str | None, report: bool, dt
         raise click.UsageError("--report needs --target, e.g. --target sm_90")
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress(f"compile {spec}", 2, show)
-    spec_obj = resolve(spec)
-    bar.update(1, "parsed")
-    source = generate(spec_obj).source  # lowered and rendered; run only for --target
-    bar.update(2, "lowered and rendered")
-    bar.close()
+    try:
+        spec_obj = resolve(spec)
+        bar.update(1, "parsed")
+        source = generate(spec_obj).source  # lowered and rendered; run only for --target
+        bar.update(2, "lowered and rendered")
+    finally:
+        bar.close()  # ends the line on a terminal, also before an error message
     if output is not None:
         _write(output, source)
         if not as_json:
@@ -146,13 +148,15 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
     kinds = fn.generated.lowered.schedule.kinds
     bar = _progress(f"aot {target}", len(jobs), progress)
     reports = []
-    for i, (dt, hd) in enumerate(jobs):
-        if interpreting():  # the persistent AOT worker process compiles (Triton cannot here)
-            reports += report_many([(fn.spec, target, dt, hd, None, None, kinds)])
-        else:
-            reports += report_kernels(fn, target, dt, hd)
-        bar.update(i + 1, f"{dt} d{hd}: {len(reports)} kernel(s)")
-    bar.close()
+    try:
+        for i, (dt, hd) in enumerate(jobs):
+            if interpreting():  # the persistent AOT worker process compiles (Triton cannot here)
+                reports += report_many([(fn.spec, target, dt, hd, None, None, kinds)])
+            else:
+                reports += report_kernels(fn, target, dt, hd)
+            bar.update(i + 1, f"{dt} d{hd}: {len(reports)} kernel(s)")
+    finally:
+        bar.close()
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     elif show:
