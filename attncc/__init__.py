@@ -6,45 +6,53 @@ and get a fused Triton kernel::
     import attncc
     out = attncc.flex_attention(q, k, v, score_mod=my_mod, block_mask=mask)
     causal = attncc.load("causal"); out = causal(q, k, v)
+
+``import attncc`` is cheap: each name below is imported from its module on first use (the runtime
+imports torch and triton then; without a GPU, Triton's interpreter is selected right before triton
+is first imported, see :mod:`attncc.interpreter`).
 """
 
-import os as _os
-import sys as _sys
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from attncc import interpreter as _interpreter
+
+_interpreter.install()
+
+# Public name -> the module it is imported from on first access.
+_EXPORTS: dict[str, str] = {
+    "AttnccError": "attncc.errors",
+    "CompileError": "attncc.errors",
+    "InputError": "attncc.errors",
+    "SpecError": "attncc.errors",
+    "AuxOutput": "attncc.runtime.api",
+    "AuxRequest": "attncc.runtime.api",
+    "BlockMask": "attncc.runtime.api",
+    "CompiledAttention": "attncc.runtime.api",
+    "attention": "attncc.runtime.api",
+    "create_block_mask": "attncc.runtime.api",
+    "decode": "attncc.runtime.api",
+    "flex_attention": "attncc.runtime.api",
+    "load": "attncc.runtime.api",
+    "document_ids": "attncc.runtime.blockmask",
+    "__version__": "attncc.version",
+}
+
+__all__ = list(_EXPORTS)
 
 
-def _select_interpreter() -> None:
-    """Without a GPU, run kernels in Triton's interpreter (``TRITON_INTERPRET=1``).
-
-    Triton binds its interpreter when ``triton.language`` is imported, so this
-    runs before attncc imports triton.  An explicit ``TRITON_INTERPRET`` (0 or 1)
-    in the environment always wins.
-    """
-    if "TRITON_INTERPRET" in _os.environ or "triton.language" in _sys.modules:
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        _os.environ["TRITON_INTERPRET"] = "1"
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module the first time it is used (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attncc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-_select_interpreter()
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
-from attncc.errors import AttnccError, CompileError, InputError, SpecError  # noqa: E402
-from attncc.runtime.api import (  # noqa: E402
-    AuxOutput,
-    AuxRequest,
-    BlockMask,
-    CompiledAttention,
-    attention,
-    create_block_mask,
-    decode,
-    flex_attention,
-    load,
-)
-from attncc.runtime.blockmask import document_ids  # noqa: E402
-from attncc.version import __version__  # noqa: E402
-
-__all__ = [
-    "AttnccError", "AuxOutput", "AuxRequest", "BlockMask", "CompileError", "CompiledAttention", "InputError", "SpecError",
-    "__version__", "attention", "create_block_mask", "decode", "document_ids", "flex_attention", "load",
-]

@@ -77,48 +77,86 @@ def main() -> None:
 @main.command()
 def specs() -> None:
     """List the built-in spec library."""
-    from attncc.spec.loader import library, load_file
+    from attncc.spec.library import description, library
 
     for name, path in library().items():
-        click.echo(f"{name:26s} {load_file(path).description}")
+        click.echo(f"{name:26s} {description(path)}")
 
 
 @main.command()
 @click.argument("spec")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="write the module here")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the module here (missing folders are created)")
 @click.option("--target", default=None, help="also compile ahead of time for this GPU, e.g. sm_90")
 @click.option("--report", is_flag=True, help="with --target: print registers, spills, shared memory")
 @click.option("--dtype", type=click.Choice(DTYPES), multiple=True, help="dtypes to report (default fp16, bf16)")
 @click.option("--head-dim", type=int, multiple=True, help="head dims to report (default 64, 128)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable report")
+@click.option("--progress/--no-progress", default=None,
+              help="progress of the stages and kernels on stderr (default: when stderr is a terminal)")
 def compile(spec: str, output: Path | None, target: str | None, report: bool, dtype: tuple[str, ...],
-            head_dim: tuple[int, ...], as_json: bool) -> None:
+            head_dim: tuple[int, ...], as_json: bool, progress: bool | None) -> None:
     """Compile SPEC (file or built-in name) to a standalone Triton module."""
-    from attncc.runtime.api import load
+    from attncc.compiler import generate
+    from attncc.spec.loader import resolve
 
-    fn = load(spec)
-    if output is not None:
-        output.write_text(fn.source)
-        if not as_json:
-            click.echo(f"wrote {output} ({len(fn.source.splitlines())} lines)", err=True)
-    elif not report:
-        click.echo(fn.source)
     if report and target is None:
         raise click.UsageError("--report needs --target, e.g. --target sm_90")
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress(f"compile {spec}", 2, show)
+    try:
+        spec_obj = resolve(spec)
+        bar.update(1, "parsed")
+        source = generate(spec_obj).source  # lowered and rendered; run only for --target
+        bar.update(2, "lowered and rendered")
+    finally:
+        bar.close()  # ends the line on a terminal, also before an error message
+    if output is not None:
+        _write(output, source)
+        if not as_json:
+            click.echo(f"wrote {output} ({len(source.splitlines())} lines)", err=True)
+    elif not report:
+        click.echo(source)
     if target is not None:
-        _report(fn, target, dtype or ("fp16", "bf16"), head_dim or (64, 128), report, as_json)
+        from attncc.runtime.api import load
+
+        _report(load(spec_obj), target, dtype or ("fp16", "bf16"), head_dim or (64, 128), report, as_json, show)
+
+
+def _progress(label: str, total: int, enabled: bool) -> Any:
+    from attncc.autotune.progress import Progress
+
+    return Progress(label, total, enabled=enabled)
+
+
+def _write(output: Path, text: str) -> None:
+    """Write the module; a path that cannot be written is a one-line error."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {output}: {exc.strerror or exc}", param_hint="'-o'") from None
 
 
 def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int, ...], show: bool,
-            as_json: bool) -> None:
+            as_json: bool, progress: bool) -> None:
+    """Compile every kernel ahead of time for ``target``, one (dtype, head dim) at a time (with progress)."""
     from attncc.codegen.aot import format_reports
     from attncc.runtime.aot_spec import interpreting, report_kernels, report_many
 
-    if interpreting():  # one subprocess for every kernel
-        kinds = fn.generated.lowered.schedule.kinds
-        reports = report_many([(fn.spec, target, dt, hd, None, None, kinds) for dt in dtypes for hd in head_dims])
-    else:
-        reports = [r for dt in dtypes for hd in head_dims for r in report_kernels(fn, target, dt, hd)]
+    jobs = [(dt, hd) for dt in dtypes for hd in head_dims]
+    kinds = fn.generated.lowered.schedule.kinds
+    bar = _progress(f"aot {target}", len(jobs), progress)
+    reports = []
+    try:
+        for i, (dt, hd) in enumerate(jobs):
+            if interpreting():  # the persistent AOT worker process compiles (Triton cannot here)
+                reports += report_many([(fn.spec, target, dt, hd, None, None, kinds)])
+            else:
+                reports += report_kernels(fn, target, dt, hd)
+            bar.update(i + 1, f"{dt} d{hd}: {len(reports)} kernel(s)")
+    finally:
+        bar.close()
     if as_json:
         click.echo(json.dumps([r.to_json() for r in reports], indent=2))
     elif show:
@@ -145,25 +183,28 @@ def _report(fn: Any, target: str, dtypes: tuple[str, ...], head_dims: tuple[int,
 def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tuple[str, ...], as_json: bool,
             plot: str | None, decode: str | None, heads: str, block_n: int, programs: int, query_len: int) -> None:
     """Show SPEC's cascade, the passes applied, the schedule and tile statistics."""
-    from attncc.runtime.api import load
+    from attncc.compiler import generate
     from attncc.runtime.explain import explain as run_explain
     from attncc.runtime.explain import format_explain, run_captures
+    from attncc.spec.loader import resolve
 
     _decode_options_need_decode(decode)
-    fn = load(spec)
+    spec_obj = resolve(spec)
+    low = generate(spec_obj).lowered  # lowered and rendered, not run: torch only for shapes and captures
     dims = parse_shape(shape)
-    values = _checked_params(fn.spec, parse_params(params))
+    values = _checked_params(spec_obj, parse_params(params))
     if captures and dims is None:
         raise click.UsageError("--capture needs --shape")
-    tensors = run_captures(fn.generated.lowered.variant, captures, dims) if dims else {}
-    info = run_explain(fn.spec, fn.generated.lowered, dims, values, captures=tensors)
+    tensors = run_captures(low.variant, captures, dims) if dims else {}
+    info = run_explain(spec_obj, low, dims, values, captures=tensors)
     text = None if as_json else format_explain(info)
     if decode is not None:
+        from attncc.passes.lowered import CallFacts
         from attncc.runtime.decode_explain import decode_partition, format_decode, parse_ints
 
         hq, hkv = parse_ints(heads, "--heads", 2)
         info["decode"] = decode_partition(parse_ints(decode, "--decode"), (hq, hkv), block_n, programs, query_len,
-                                          fn.generated_decode().lowered, values)
+                                          generate(spec_obj, CallFacts(decode=True)).lowered, values)
         text = None if as_json else f"{text}\n\n{format_decode(info['decode'])}"
     click.echo(json.dumps(info, indent=2) if as_json else text)
     if plot is not None:
@@ -171,8 +212,7 @@ def explain(spec: str, shape: str | None, params: tuple[str, ...], captures: tup
             raise click.UsageError("--plot needs --shape")
         from attncc.runtime.plot import plot_tile_map
 
-        low = fn.generated.lowered
-        plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{fn.spec.name} {shape}")
+        plot_tile_map(low.schedule.tile_map(low, dims, values, None, tensors), Path(plot), f"{spec_obj.name} {shape}")
         click.echo(f"wrote {plot}", err=True)
 
 

@@ -331,6 +331,25 @@ def row_label(row: Mapping[str, Any]) -> str:
     return "/".join(p if isinstance(p, str) and p.isprintable() and len(p) <= 80 else _show(p, 40) for p in parts)
 
 
+@dataclass(frozen=True)
+class ImportCounts:
+    """What an import did with each entry: written as ``new`` or ``updated``, ``unchanged`` (equal
+    to the stored row, not written), or ``kept`` (the stored entry was better)."""
+
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept: int = 0
+
+    @property
+    def written(self) -> int:
+        return self.new + self.updated
+
+    def summary(self) -> str:
+        kept = f", {self.kept} kept (the existing entry was better)" if self.kept else ""
+        return f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged{kept}"
+
+
 class TuningCache:
     """Best configs in one database (SQLite file or PostgreSQL), safe for concurrent writers.
 
@@ -404,6 +423,33 @@ class TuningCache:
             return written
 
         return int(self._run(write)) if statements else 0
+
+    def merge(self, entries: list[CacheEntry]) -> ImportCounts:
+        """Import ``entries`` in one transaction, keeping better existing ones; what each one did.
+
+        An entry equal to the stored row is not written (``unchanged``), so importing the same
+        file twice writes nothing the second time.
+        """
+        sqlite = is_sqlite(self.url)
+        rows = [_row_of(entry) for entry in entries]
+        statements = [self._upsert(entry, keep_better=True) for entry in entries]
+
+        def write() -> ImportCounts:
+            counts: Counter[str] = Counter()
+            with self.engine.begin() as conn:
+                for row, stmt in zip(rows, statements, strict=True):
+                    where = [ENTRIES.c[name] == row[name] for name in _KEY_FIELDS]
+                    found = conn.execute(select(ENTRIES).where(and_(*where))).first()
+                    old = dict(found._mapping) if found is not None else None
+                    if old is not None and all(old.get(name) == value for name, value in row.items()):
+                        counts["unchanged"] += 1
+                        continue
+                    done = conn.execute(stmt)
+                    written = bool(done.rowcount) if sqlite else done.first() is not None
+                    counts["kept" if not written else "new" if old is None else "updated"] += 1
+            return ImportCounts(**counts)
+
+        return self._run(write) if entries else ImportCounts()
 
     def put(self, entry: CacheEntry, *, keep_better: bool = True) -> bool:
         """Insert or update the entry of ``entry.key``; returns whether the row was written."""

@@ -15,10 +15,38 @@ from typing import Any
 
 import click
 
-from attncc.autotune.space import DTYPES, KINDS, config_to_str
 from attncc.errors import AttnccError, InputError
 
 STORAGE_HELP = "storage URL: sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB (default: $ATTNCC_STORAGE or the user cache dir)"
+
+
+class SpaceChoice(click.Choice):
+    """The kernel kinds or dtypes of :mod:`attncc.autotune.space`, read when first needed: building
+    the commands imports nothing heavy (the kinds come from the registered schedules)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        super().__init__(())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        from attncc.autotune import space
+
+        return tuple(getattr(space, self._name))
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        pass  # fixed by ``name``
+
+
+KIND_CHOICE = SpaceChoice("KINDS")
+DTYPE_CHOICE = SpaceChoice("DTYPES")
+
+
+def config_to_str(config: Any) -> str:
+    from attncc.autotune.space import config_to_str as to_str
+
+    return to_str(config)
 
 
 class OneLineError(click.ClickException):
@@ -100,8 +128,8 @@ def _offline_target(target: str | None) -> str:
 @click.command("tune", cls=OneLineCommand)
 @click.argument("spec")
 @click.option("--shape", required=True, help="problem size B,H,M,N,D or B,H,M,N,D,E")
-@click.option("--dtype", type=click.Choice(DTYPES), default="fp16", show_default=True)
-@click.option("--kind", type=click.Choice(KINDS), default="fwd", show_default=True, help="kernel kind")
+@click.option("--dtype", type=DTYPE_CHOICE, default="fp16", show_default=True)
+@click.option("--kind", type=KIND_CHOICE, default="fwd", show_default=True, help="kernel kind")
 @click.option("--trials", type=click.IntRange(min=1), default=50, show_default=True, help="trials to run")
 @click.option("--storage", default=None, help=STORAGE_HELP)
 @click.option("--offline", is_flag=True, help="no GPU: prune and rank statically for --target")
@@ -109,12 +137,20 @@ def _offline_target(target: str | None) -> str:
 @click.option("--seed", type=int, default=None, help="seed of the TPE sampler")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON only")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False),
+              help="draw the study's optimisation history to FILE.png (online runs; needs matplotlib)")
 def tune_command(spec: str, shape: str, dtype: str, kind: str, trials: int, storage: str | None,
-                 offline: bool, target: str | None, seed: int | None, as_json: bool, quiet: bool) -> None:
-    """Find the best config of SPEC's KIND kernel for one shape and store it in the tuning cache."""
+                 offline: bool, target: str | None, seed: int | None, as_json: bool, quiet: bool,
+                 plot: str | None) -> None:
+    """Find the best config of SPEC's KIND kernel for one shape and store it in the tuning cache.
+
+    Online, the study starts from the configs that offline runs ranked best for this GPU's target.
+    """
     from attncc.autotune.tunable import parse_shape
     from attncc.autotune.tuner import tune
 
+    if plot is not None and offline:
+        raise InputError("--plot draws an online study's history; an --offline run has no study")
     parsed = parse_shape(shape)
     offline_target = _offline_target(target) if offline else None
     tunable = _resolve_tunable(spec, kind)
@@ -128,8 +164,22 @@ def tune_command(spec: str, shape: str, dtype: str, kind: str, trials: int, stor
         _emit_json(result.to_json())
     else:
         click.echo(result.summary())
+    if plot is not None:
+        _plot(result, storage, plot)
     if result.best_config is None:
         sys.exit(1)
+
+
+def _plot(result: Any, storage: str | None, path: str) -> None:
+    """``tune --plot``: the study's history, unless static pruning left nothing to run."""
+    from attncc.autotune.history import plot_history
+    from attncc.autotune.storage import resolve_storage_url
+
+    if result.study_name is None or result.candidates == result.pruned:
+        click.echo(f"not plotted: every candidate was pruned statically, no trial ran ({path})", err=True)
+        return
+    plot_history(resolve_storage_url(storage), result.study_name, path)
+    click.echo(f"wrote {path}", err=True)
 
 
 @click.group("cache")
@@ -142,7 +192,7 @@ def _storage_option(fn: Any) -> Any:
 
 
 def _filter_options(fn: Any) -> Any:
-    fn = click.option("--kind", type=click.Choice(KINDS), default=None, help="only this kernel kind")(fn)
+    fn = click.option("--kind", type=KIND_CHOICE, default=None, help="only this kernel kind")(fn)
     fn = click.option("--spec-hash", default=None, help="only this spec hash")(fn)
     return click.option("--gpu", default=None, help="only this GPU name")(fn)
 
@@ -164,10 +214,23 @@ def ls_command(storage: str | None, kind: str | None, spec_hash: str | None, gpu
     if not entries:
         click.echo("no entries")
         return
-    for e in entries:
-        unit = "ms" if e.metric == "time_ms" else "ms(model)"
-        click.echo(f"{e.spec_name:<20} {e.key.kind:<10} {e.key.dtype:<4} {e.key.bucket:<28} "
-                   f"{e.key.identity!s:<32} {config_to_str(e.config)}  {e.value:.4g} {unit}  [{e.source}]")
+    for line in _table(LS_COLUMNS, [_ls_row(e) for e in entries]):
+        click.echo(line)
+
+
+LS_COLUMNS = ("SPEC", "KIND", "DTYPE", "BUCKET", "GPU", "CONFIG", "TIME", "SOURCE")
+
+
+def _ls_row(e: Any) -> tuple[str, ...]:
+    unit = "ms" if e.metric == "time_ms" else "ms (model)"
+    return (e.spec_name, e.key.kind, e.key.dtype, e.key.bucket, str(e.key.identity), config_to_str(e.config),
+            f"{e.value:.4g} {unit}", e.source)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns two spaces apart, the header first."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
 
 
 @cache_group.command("export", cls=OneLineCommand)
@@ -192,16 +255,18 @@ def export_command(file: str, storage: str | None, kind: str | None, spec_hash: 
 @_storage_option
 @click.option("--force", is_flag=True, help="import even if the versions or the GPU differ from this machine")
 def import_command(file: str, storage: str | None, force: bool) -> None:
-    """Import entries exported by ``attncc cache export`` (checked against this machine)."""
+    """Import entries exported by ``attncc cache export`` (checked against this machine).
+
+    Idempotent: entries equal to the stored ones are not written again; an existing better entry is kept.
+    """
     from attncc.autotune.lookup import invalidate_lookup_cache
     from attncc.autotune.transfer import check_import
 
-    entries = check_import(file, force=force)  # a refused file leaves the storage untouched
+    entries = check_import(file, force=force)  # a refused file leaves the storage untouched (not even created)
     with _open_cache(storage, create=True) as cache:
-        written = cache.put_many(entries)
+        counts = cache.merge(entries)
     invalidate_lookup_cache()
-    kept = len(entries) - written
-    click.echo(f"imported {written} entries from {file}" + (f" ({kept} kept: existing entry was better)" if kept else ""))
+    click.echo(f"imported {counts.written} of {len(entries)} entries from {file}: {counts.summary()}")
 
 
 def _delete_studies(storage_url: str, names: set[str] | None) -> int:
@@ -225,7 +290,7 @@ def _delete_studies(storage_url: str, names: set[str] | None) -> int:
 
 @cache_group.command("clear", cls=OneLineCommand)
 @_storage_option
-@click.option("--kind", type=click.Choice(KINDS), default=None, help="only this kernel kind")
+@click.option("--kind", type=KIND_CHOICE, default=None, help="only this kernel kind")
 @click.option("--spec-hash", default=None, help="only this spec hash")
 @click.option("--keep-studies", is_flag=True, help="keep the Optuna studies (measured trials)")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")

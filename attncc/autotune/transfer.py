@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from attncc.autotune.cache import CacheEntry, TuningCache
+from attncc.autotune.cache import CacheEntry, ImportCounts, TuningCache
 from attncc.autotune.device import GpuIdentity, attncc_version, current_identity, triton_version
 from attncc.autotune.space import ConfigSchemaError
 from attncc.errors import InputError
@@ -234,16 +234,16 @@ def check_import(path: str | Path, *, force: bool = False,
 
 
 def import_file(cache: TuningCache, path: str | Path, *, force: bool = False,
-                identity: GpuIdentity | None = None) -> tuple[int, int]:
-    """Import an export file into ``cache``; returns ``(written, kept_existing_better)``.
+                identity: GpuIdentity | None = None) -> ImportCounts:
+    """Import an export file into ``cache``; what each entry did (:class:`ImportCounts`).
 
     The whole file is validated before anything is written, and all entries are written in
-    one transaction.  A metadata mismatch (versions or GPU) raises a one-line ``InputError``
-    unless ``force``.
+    one transaction (:meth:`TuningCache.merge`: idempotent, better existing entries kept).  A
+    metadata mismatch (versions or GPU) raises a one-line ``InputError`` unless ``force``.
     """
     entries = check_import(path, force=force, identity=identity)
-    written = cache.put_many(entries)
+    counts = cache.merge(entries)
     from attncc.autotune.lookup import invalidate_lookup_cache
 
     invalidate_lookup_cache()
-    return written, len(entries) - written
+    return counts

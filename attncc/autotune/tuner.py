@@ -9,7 +9,8 @@ Online (a GPU, or an injected ``timer``):
 3. an Optuna TPE study over the space (each parameter an ordinal index into its allowed values)
    stored in the same database as the cache, named from the cache key and the exact shape and
    opened with ``load_if_exists`` so interrupted runs and other machines continue it;
-   the cost model's best candidates and the heuristic default are enqueued first;
+   enqueued first: the configs offline runs ranked best for this GPU's target (stored or imported
+   entries, :func:`attncc.autotune.history.offline_seeds`), the heuristic default, the cost model's best;
 4. each suggested config: statically pruned -> recorded PRUNED, no timing; measured before (in
    this run, an earlier one or on another machine) -> the stored value is reused, not re-timed;
    otherwise timed with ``timer`` (``triton.testing.do_bench``); compile or launch failures are
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from attncc.autotune.cache import CacheEntry, TuneKey, TuningCache
 from attncc.autotune.cost_model import CostEstimate, estimate, target_spec
 from attncc.autotune.device import GpuIdentity, current_identity, offline_identity
+from attncc.autotune.history import offline_seeds
 from attncc.autotune.lookup import invalidate_lookup_cache
 from attncc.autotune.progress import Progress
 from attncc.autotune.space import SPACES, Config, ConfigSpace, config_to_str, default_config
@@ -94,6 +96,7 @@ class TuneResult:
     failed: int = 0
     repeated: int = 0
     skipped: int = 0
+    offline_seeds: int = 0
     stored: bool = False
     trials: list[TrialRecord] = field(default_factory=list)
 
@@ -109,7 +112,7 @@ class TuneResult:
             "study": self.study_name, "best_config": self.best_config, "best_value": self.best_value,
             "metric": self.metric, "candidates": self.candidates, "pruned_statically": self.pruned,
             "timed": self.timed, "failed": self.failed, "repeated": self.repeated,
-            "skipped_pruned_suggestions": self.skipped, "stored": self.stored,
+            "skipped_pruned_suggestions": self.skipped, "offline_seeds": self.offline_seeds, "stored": self.stored,
             "trials": [t.to_json() for t in self.trials],
         }
 
@@ -123,7 +126,8 @@ class TuneResult:
             + (f", target {self.target})" if self.target else ")"),
             f"best: {best}",
             f"candidates {self.candidates}, pruned statically {self.pruned} (saved from timing), "
-            f"timed {self.timed}, failed {self.failed}, repeats not re-timed {self.repeated}",
+            f"timed {self.timed}, failed {self.failed}, repeats not re-timed {self.repeated}"
+            + (f", started from {self.offline_seeds} offline-ranked config(s)" if self.offline_seeds else ""),
             f"storage: {self.storage}" + (" (stored)" if self.stored else " (not stored)"),
         ]
         return "\n".join(lines)
@@ -506,8 +510,12 @@ def _online(tunable: Tunable, shape: Shape, dtype: str, trials: int, url: str, t
         return result
     with _quiet_optuna():
         study = _open_study(url, name, seed, trials)
+        offline = [c for c in offline_seeds(url, tunable.spec_hash, tunable.kind, shape, dtype, target)
+                   if space.key(c) in allowed]
+        result.offline_seeds = len(offline)
+        seeds = offline + [c for c in _seeds(tunable, candidates, shape, dtype, trials) if c not in offline]
         with ask_lock(url):  # check-then-enqueue: one process at a time on SQLite
-            _seed_study(study, space, _seeds(tunable, candidates, shape, dtype, trials))
+            _seed_study(study, space, seeds)
         rejected = {space.key(c.config): c.reason for c in candidates if c.reason}
         run = _Run(tunable, space, shape, dtype, timer, study, allowed, rejected, result,
                    Progress(f"tune {tunable.spec_name} {tunable.kind}", trials, enabled=progress), url)

@@ -29,8 +29,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import triton
-
 from attncc.version import __version__
 
 
@@ -98,11 +96,27 @@ def compiler_fingerprint() -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def triton_version() -> str:
+    """Triton's version, read without importing triton when it is not imported yet (it is slow to import)."""
+    module = sys.modules.get("triton")
+    if module is not None:
+        return str(module.__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("triton")
+    except PackageNotFoundError:  # a source build without metadata
+        import triton
+
+        return str(triton.__version__)
+
+
 def source_key(spec_canonical: dict[str, Any], template: str, schedule: str) -> str:
     """Hex key (24 characters) of everything that shapes a generated module's text."""
     payload = {
         "spec": spec_canonical, "template": hashlib.sha256(template.encode()).hexdigest(),
-        "schedule": schedule, "attncc": __version__, "triton": triton.__version__,
+        "schedule": schedule, "attncc": __version__, "triton": triton_version(),
         "compiler": compiler_fingerprint(),
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))

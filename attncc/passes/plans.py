@@ -34,14 +34,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import sympy as sp
-import torch
 
 from attncc.ir import expr as E
-from attncc.ir.evaluate import evaluate
 from attncc.passes.mask_analysis import KEYS, QUERIES, Direction, MaskAnalysis, Segment
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class Plan(Protocol):
 
 
 def _num(e: sp.Basic, env: Mapping[sp.Symbol, Any], captures: Mapping[str, torch.Tensor]) -> int:
+    import torch  # evaluated on the host only: explain without a shape does not need torch
+
+    from attncc.ir.evaluate import evaluate
+
     v = evaluate(e, env, captures)
     v = v.item() if isinstance(v, torch.Tensor) else v
     if isinstance(v, float) and not math.isfinite(v):

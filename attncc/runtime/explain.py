@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from attncc.errors import InputError
 from attncc.ir.build import build_cascade
@@ -15,6 +13,9 @@ from attncc.ir.variant import Variant
 from attncc.passes.lowered import Lowered
 from attncc.spec.model import CaptureDecl, Spec
 from attncc.spec.recurrence import RecurrenceSpec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def explain(spec: Spec | RecurrenceSpec, low: Lowered, shape: tuple[int, ...] | None, params: dict[str, Any] | None = None,
@@ -56,6 +57,8 @@ def run_captures(variant: Variant, items: Sequence[str], shape: tuple[int, ...])
 
 
 def _runs_tensor(decl: CaptureDecl, text: str, shape: tuple[int, ...], where: str) -> torch.Tensor:
+    import torch  # explain without captures does not need torch
+
     body, _, mod = text.removeprefix("runs:").partition("%")
     try:
         lengths, modulus = [int(x) for x in body.split(",")], int(mod) if mod else None

@@ -18,6 +18,7 @@ import sympy as sp
 from attncc.errors import SpecError
 from attncc.ir import expr as E
 from attncc.spec import names as N
+from attncc.spec.library import LIBRARY_DIR, library  # noqa: F401 - LIBRARY_DIR is re-exported
 from attncc.spec.model import CAPTURE_DTYPES, CaptureDecl, ParamDecl, Spec
 from attncc.spec.parser import Location, Scope, parse_expression, parse_tree
 from attncc.spec.recurrence import RecurrenceBuilder, RecurrenceSpec
@@ -27,14 +28,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-def _library_dir() -> Path:
-    """The built-in specs: ``attncc/specs`` in an installed package, else ``<repo>/specs`` of a checkout."""
-    packaged = Path(__file__).resolve().parents[1] / "specs"
-    return packaged if any(packaged.glob("*.toml")) else packaged.parents[1] / "specs"
-
-
-LIBRARY_DIR = _library_dir()
-
 TOP_KEYS = {"name", "description", "inputs", "indices", "params", "captures", "cascade", "state"}
 CASCADE_KEYS = {"score", "modify", "mask", "normalize", "output"}
 INPUT_ROLES = {"q": ("b", "h", "m", "d"), "k": ("b", "hk", "n", "d"), "v": ("b", "hk", "n", "e")}
@@ -43,11 +36,6 @@ MAX_SPEC_BYTES = 256 * 1024  # a spec file larger than this is refused before pa
 MAX_CAPTURE_DIMS = 8
 MAX_NAMES = 64  # params, and captures, per spec
 INT_PARAM_RANGE = (-(2**63), 2**63 - 1)
-
-
-def library() -> dict[str, Path]:
-    """Built-in specs: name -> file."""
-    return {p.stem: p for p in sorted(LIBRARY_DIR.glob("*.toml"))}
 
 
 def softmax_library() -> dict[str, Path]:

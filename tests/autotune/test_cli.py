@@ -137,7 +137,9 @@ def test_cache_commands(main: click.Group, tmp_path: Path, sqlite_url: str) -> N
                        "--storage", sqlite_url, "-q")
         assert tuned.exit_code == 0, tuned.output
     listing = invoke(main, "cache", "ls", "--storage", sqlite_url)
-    assert listing.exit_code == 0 and len(listing.stdout.strip().splitlines()) == 2
+    header, *rows = listing.stdout.strip().splitlines()
+    assert listing.exit_code == 0 and len(rows) == 2
+    assert header.split() == ["SPEC", "KIND", "DTYPE", "BUCKET", "GPU", "CONFIG", "TIME", "SOURCE"]
     assert "offline (sm_90)" in listing.stdout
     as_json = json.loads(invoke(main, "cache", "ls", "--storage", sqlite_url, "--json", "--kind", "bwd").stdout)
     assert [e["key"]["kind"] for e in as_json] == ["bwd"]
@@ -153,7 +155,10 @@ def test_cache_commands(main: click.Group, tmp_path: Path, sqlite_url: str) -> N
     line = one_line_error(invoke(main, "cache", "import", str(exported), "--storage", other))
     assert "GPU offline (sm_90)" in line and "--force" in line
     forced = invoke(main, "cache", "import", str(exported), "--storage", other, "--force")
-    assert forced.exit_code == 0 and "imported 2 entries" in forced.stdout
+    assert forced.exit_code == 0 and "imported 2 of 2 entries" in forced.stdout
+    assert "2 new, 0 updated, 0 unchanged" in forced.stdout
+    again = invoke(main, "cache", "import", str(exported), "--storage", other, "--force")
+    assert again.exit_code == 0 and "imported 0 of 2 entries" in again.stdout and "2 unchanged" in again.stdout
 
     cleared = invoke(main, "cache", "clear", "--storage", sqlite_url, "--kind", "fwd", "--yes")
     assert cleared.exit_code == 0 and "removed 1 entries" in cleared.stdout
@@ -189,3 +194,29 @@ def test_corrupt_storage_is_one_line(main: click.Group, tmp_path: Path) -> None:
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"\x00garbage" * 512)
     assert "unusable" in one_line_error(invoke(main, "cache", "ls", "--storage", str(broken)))
+
+
+def test_tune_plot_draws_the_optimisation_history(main: click.Group, sqlite_url: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")  # the [test] extra installs it; the CLI says so when it is missing
+    monkeypatch.setattr(tuner_module, "_do_bench", FakeTimer())
+    monkeypatch.setattr(tuner_module, "current_identity", lambda: H100)
+    png = tmp_path / "history.png"
+    result = invoke(main, "tune", "causal", "--shape", SHAPE, "--trials", "3", "--storage", sqlite_url, "-q",
+                    "--plot", str(png))
+    assert result.exit_code == 0, result.output
+    assert f"wrote {png}" in result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    line = one_line_error(invoke(main, "tune", "causal", "--shape", SHAPE, "--offline", "--target", "sm_90",
+                                 "--plot", str(tmp_path / "x.png")))
+    assert "--plot" in line and "--offline" in line
+
+
+def test_tune_help_offers_exactly_the_registered_kinds(main: click.Group) -> None:
+    from attncc.schedules import SCHEDULES
+
+    kinds = {kind for schedule in SCHEDULES for kind in schedule.kinds}
+    option = next(p for p in autotune_cli.tune.params if p.name == "kind")
+    assert set(option.type.choices) == kinds
+    text = invoke(main, "tune", "--help").stdout
+    assert f"[{'|'.join(option.type.choices)}]" in " ".join(text.split())

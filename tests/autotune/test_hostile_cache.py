@@ -224,7 +224,7 @@ def test_read_commands_create_nothing_and_import_creates_the_cache(main: click.G
         assert lookup_config("spec0", "fwd", SHAPE, "fp16", DEFAULT) == DEFAULT
     assert snapshot(path) == before, "a read-only command wrote to the storage"
     done = invoke(main, "cache", "import", str(good_export(tmp_path)), "--storage", str(path))
-    assert done.exit_code == 0 and "imported 1 entries" in done.stdout, done.output
+    assert done.exit_code == 0 and "imported 1 of 1 entries" in done.stdout, done.output
     assert journal_mode(path) == "wal"
     with TuningCache(str(path), create=False) as cache:
         assert [e.config for e in cache.entries()[0]] == [C1]

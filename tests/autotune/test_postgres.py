@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from attncc.autotune import lookup_config, lookup_stats, tune
-from attncc.autotune.cache import TuningCache
+from attncc.autotune.cache import ImportCounts, TuningCache
 from attncc.autotune.space import default_config
 from attncc.autotune.storage import StorageError, resolve_storage_url
 from attncc.autotune.transfer import export_file, import_file
@@ -55,7 +55,8 @@ def test_export_import_between_databases(postgres_url: str, sqlite_url: str, tmp
         team.put(cache_cases.entry(SHAPE, cache_cases.C1))
         assert export_file(team, tmp_path / "team.json") == 1
     with TuningCache(sqlite_url) as local:
-        assert import_file(local, tmp_path / "team.json") == (1, 0)
+        assert import_file(local, tmp_path / "team.json") == ImportCounts(new=1)
+        assert import_file(local, tmp_path / "team.json") == ImportCounts(unchanged=1)
         assert local.entries()[0][0].config == cache_cases.C1
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from attncc.autotune.cache import TuningCache
+from attncc.autotune.cache import ImportCounts, TuningCache
 from attncc.autotune.device import current_identity
 from attncc.autotune.transfer import FORMAT, import_file, read_export
 from attncc.autotune.transfer import export_file as export_entries
@@ -37,9 +37,9 @@ def test_round_trip(tmp_path: Path, sqlite_url: str) -> None:
     assert meta["entries"] == 3 and meta["gpus"] == [dict(current_identity()._asdict())]
     assert meta["attncc_version"] and meta["triton_version"]
     with TuningCache(str(tmp_path / "fresh.db")) as target:
-        assert import_file(target, path) == (3, 0)
+        assert import_file(target, path) == ImportCounts(new=3)
         after = sorted(json.dumps(e.to_json(), sort_keys=True) for e in target.entries()[0])
-        assert import_file(target, path) == (3, 0)  # idempotent: equal values are rewritten
+        assert import_file(target, path) == ImportCounts(unchanged=3)  # idempotent: nothing is rewritten
     assert after == before
 
 
@@ -90,7 +90,7 @@ def test_metadata_mismatch_is_rejected_unless_forced(tmp_path: Path, sqlite_url:
         message = str(info.value)
         assert fragment in message and "--force" in message and "\n" not in message
         assert target.count() == 0
-        assert import_file(target, path, force=True) == (3, 0)
+        assert import_file(target, path, force=True) == ImportCounts(new=3)
 
 
 def entry_gpu_not_in_metadata(document: dict[str, Any]) -> None:
@@ -163,5 +163,35 @@ def test_import_keeps_better_existing_entries(tmp_path: Path, sqlite_url: str) -
     with TuningCache(str(tmp_path / "other.db")) as target:
         better = entry(Shape.of(1, 8, 1024, 1024, 64), C3, 0.5)
         target.put(better)
-        assert import_file(target, path) == (2, 1)
+        assert import_file(target, path) == ImportCounts(new=2, kept=1)
         assert target.get(better.key).config == C3
+
+
+def test_import_says_what_was_new_updated_unchanged_or_kept(tmp_path: Path, sqlite_url: str) -> None:
+    path = exported(tmp_path, sqlite_url)  # fwd C1 1.25 ms, bwd C2 7.5 ms, decode 0.05 ms
+    with TuningCache(str(tmp_path / "other.db")) as target:
+        target.put(entry(Shape.of(1, 8, 1024, 1024, 64), C3, 9.0))  # slower than the file's: updated
+        better = entry(Shape.of(1, 8, 4096, 4096, 64), C3, 0.5, kind="bwd")  # faster than the file's: kept
+        target.put(better)
+        assert import_file(target, path) == ImportCounts(new=1, updated=1, kept=1)
+        assert import_file(target, path) == ImportCounts(unchanged=2, kept=1)
+        assert target.get(better.key).config == C3
+        assert target.get(entry(Shape.of(1, 8, 1024, 1024, 64), C1).key).config == C1
+
+
+def test_refused_import_creates_no_file(tmp_path: Path, sqlite_url: str, isolated_cache: Path) -> None:
+    """A file refused for its metadata leaves no database behind, neither at --storage nor in the
+    default cache directory."""
+    from click.testing import CliRunner
+
+    from attncc.autotune.cli import cache as cache_group
+
+    path = exported(tmp_path, sqlite_url)
+    document = json.loads(path.read_text())
+    set_gpu(document)
+    path.write_text(json.dumps(document))
+    target = tmp_path / "new" / "target.db"
+    for storage in ([f"--storage={target}"], []):
+        result = CliRunner().invoke(cache_group, ["import", str(path), *storage])
+        assert result.exit_code == 2 and "--force" in result.output, result.output
+    assert not target.parent.exists() and not isolated_cache.exists()

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from attncc.autotune import SPACES, TuneKey, TuningCache, lookup_config, lookup_stats, tune
+from attncc.autotune import SPACES, CacheEntry, TuneKey, TuningCache, lookup_config, lookup_stats, tune
 from attncc.autotune.cost_model import estimate
 from attncc.autotune.device import GpuIdentity, current_identity
 from attncc.autotune.progress import Progress
@@ -251,3 +251,22 @@ def test_progress_in_a_log_file_stays_short() -> None:
     lines = stream.getvalue().splitlines()
     assert 10 <= len(lines) <= 12
     assert lines[-1].startswith("compile sm_90 [########################] 500/500 pruned 71")
+
+
+def test_online_run_starts_from_the_offline_ranking_of_its_target(sqlite_url: str) -> None:
+    """Offline entries for this GPU's target (sm_90) are the study's first trials; another target's are not."""
+    from .cache_cases import C1, C3
+
+    tunable = FakeTunable()
+    for target, config in (("sm_90", C3), ("sm_80", C1)):
+        key = TuneKey.for_shape(tunable.spec_hash, "fwd", SHAPE, "fp16", GpuIdentity("offline", target))
+        with TuningCache(sqlite_url) as cache:
+            cache.put(CacheEntry(key, tunable.spec_name, config, 0.01, "model_ms", "offline", str(SHAPE)))
+    assert C3 not in (default_config("fwd", SHAPE.D, "fp16"), OPTIMUM)
+    result = tune(tunable, SHAPE, "fp16", trials=3, storage_url=sqlite_url, timer=FakeTimer(), target="sm_90",
+                  identity=H100, seed=0, progress=False)
+    # one seed: the sm_80 ranking does not seed an sm_90 run
+    assert result.offline_seeds == 1 and "started from 1 offline-ranked config" in result.summary()
+    trials = sorted(study_trials(sqlite_url, tunable, SHAPE, H100), key=lambda t: t.number)
+    first = {name: SPACES["fwd"].params[name][i] for name, i in trials[0].params.items()}
+    assert first == C3, f"first trial {first}, expected the offline best {C3}"

@@ -167,7 +167,7 @@ def test_description_through_compile_output(canary: Path, tmp_path: Path, i: int
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    assert text in module.__doc__ and "Needs only torch and triton" in module.__doc__
+    assert text in module.__doc__ and "Requires torch, triton and numpy" in module.__doc__
     assert callable(module.attention_forward)
 
 

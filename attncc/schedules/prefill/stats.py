@@ -10,16 +10,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from attncc.errors import InputError
 from attncc.ir import expr as E
-from attncc.ir.evaluate import evaluate
-from attncc.passes.blocks import classify_tiles
 from attncc.passes.lowered import Lowered
 from attncc.passes.plans import Plan, tile_env
 
 if TYPE_CHECKING:
+    import torch
+
     from attncc.schedules.base import Schedule
 
 
@@ -83,6 +81,10 @@ def tile_stats(low: Lowered, plan: Plan, shape: tuple[int, ...], bm: int, bn: in
 def _row_tiles(low: Lowered, plan: Plan, sizes: Mapping[str, int], values: Mapping[Any, Any], bm: int, bn: int,
                b: int, h: int, count_elements: bool) -> tuple[int, int, int]:
     """(visited, full, non-empty) key tiles over every query tile of batch ``b``, head ``h``."""
+    import torch  # the statistics need torch; explain without a shape does not
+
+    from attncc.ir.evaluate import evaluate
+
     M, N = sizes["M"], sizes["N"]
     visited = full = non_empty = 0
     n_idx = torch.arange(N).view(1, -1)
@@ -152,6 +154,8 @@ def table_stats(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: 
                 captures: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Tile counts when calls build block tables at launch: the kernel visits exactly the
     non-empty tiles of the exact classification (:func:`attncc.passes.blocks.classify_tiles`)."""
+    from attncc.passes.blocks import classify_tiles
+
     B, H = shape[:2]
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
     classes = classify_tiles(low.mask, _sizes(shape), values, captures, bm, bn).expand(B, H, -1, -1)
@@ -165,6 +169,10 @@ def tile_map(low: Lowered, shape: tuple[int, ...], bm: int, bn: int, params: Map
              table: bool, captures: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Classes of the forward kernel's tiles at batch 0, head 0: ``[Tm, Tn]`` int8, 0 not visited,
     1 visited with the mask, 2 visited without it (the block table's classes when ``table``)."""
+    import torch
+
+    from attncc.passes.blocks import classify_tiles
+
     values = {p.symbol: params.get(p.name, p.default) for p in low.variant.params}
     sizes = _sizes(shape)
     if table:
