@@ -137,6 +137,15 @@ class CompiledAttention:
         # Through the attncc::fwd op (autograd, torch.compile); without a config the op asks config_for.
         return ops.call_compiled(self, q, k, v, scale=scale, return_lse=return_lse, config=config, **kwargs)
 
+    def distributed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group: Any = None,
+                    layout: str = "zigzag", scale: float | None = None, return_lse: bool = False,
+                    strategy: str = "auto", **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Context parallelism: q, k, v are this rank's sequence shards; see :func:`attncc.distributed.attention`."""
+        from attncc.distributed import attention
+
+        return attention(self, q, k, v, group=group, layout=layout, scale=scale, return_lse=return_lse,
+                         strategy=strategy, **kwargs)
+
     def config_for(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, int]:
         """Tile config from the tuning cache: exact key, nearest shape bucket, then the default."""
         from attncc.autotune import lookup_config
