@@ -168,10 +168,12 @@ def _zero_dkv(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def _backprop(run: Run, tensors: tuple[torch.Tensor, ...], kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
-              g: Grads, order: list[int], wanted: list[bool]) -> None:
-    """Add the non-empty pairs' gradients (local query chunks x ``order``) to ``g`` (fixed order)."""
+              g: Grads, order: list[int], wanted: list[bool]) -> int:
+    """Add the non-empty pairs' gradients (local query chunks x ``order``) to ``g`` (fixed order);
+    return the number of launches."""
     q, o, lse, do, dlse = tensors
     plan, c = run.plan, run.plan.chunk
+    launched = 0
     for a, i in enumerate(run.mine):
         rows = [None if x is None else run.piece(x, a) for x in (q, o, lse, do, dlse)]
         for j in order:
@@ -186,6 +188,8 @@ def _backprop(run: Run, tensors: tuple[torch.Tensor, ...], kv: dict[int, tuple[t
             for total, part in zip(g.dcaps, dcaps, strict=True):
                 total.add_(part.float())
             run.count("backward", launches=1, tiles=int(plan.pair_tiles[i, j]))
+            launched += 1
+    return launched
 
 
 def ring_backward(run: Run, tensors: tuple[torch.Tensor, ...], k: torch.Tensor, v: torch.Tensor,
@@ -199,12 +203,13 @@ def ring_backward(run: Run, tensors: tuple[torch.Tensor, ...], k: torch.Tensor, 
     g.dkv = {j: _zero_dkv(*kv[j]) for j in run.mine}
     final: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     dkv_ex: Exchange | None = None
+    launched = 0
     for t in range(W):
         ex, incoming = _post_kv(run, kv, t, "backward", like) if t < W - 1 else (None, ())
         held = plan.held(t, r)
         if dkv_ex is not None:
             g.dkv = _pairs(dkv_ex.wait(), held)
-        _backprop(run, tensors, kv, g, list(held), wanted)
+        launched += _backprop(run, tensors, kv, g, list(held), wanted)
         outgoing = plan.sends(t, r) if t < W - 1 else ()
         final.update({j: g.dkv[j] for j in held if j not in outgoing})
         if ex is not None:
@@ -218,6 +223,7 @@ def ring_backward(run: Run, tensors: tuple[torch.Tensor, ...], k: torch.Tensor, 
                 dkv_ex.recv(zv, (r - 1) % W, TAG_DKV)
             dkv_ex.start()
             kv = _pairs(ex.wait(), incoming)
+    run.count("backward", skipped=len(run.mine) * plan.parts - launched)
     return g, _return_to_owners(run, final, like)
 
 
@@ -245,7 +251,8 @@ def allgather_backward(run: Run, tensors: tuple[torch.Tensor, ...], k: torch.Ten
     plan, grp, r = run.plan, run.grp, run.grp.rank
     kv = _gathered_kv(run, k, v, "backward")
     g = _grads(run, tensors[0], k, v, wanted)
-    _backprop(run, tensors, kv, g, list(range(plan.parts)), wanted)
+    launched = _backprop(run, tensors, kv, g, list(range(plan.parts)), wanted)
+    run.count("backward", skipped=len(run.mine) * plan.parts - launched)
     ex = Exchange(grp, run.log, "backward")
     for j in sorted(g.dkv):
         if plan.owner(j) != r:
