@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import tempfile
 import zlib
 from datetime import timedelta
@@ -102,6 +103,7 @@ def _call(case: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: d
 
 
 def _worker(rank: int, world: int, root: str) -> None:
+    torch.set_num_threads(1)  # ranks share the machine's cores
     dist.init_process_group("gloo", init_method=f"file://{root}/rendezvous", rank=rank, world_size=world,
                             timeout=timedelta(seconds=300))
     results: dict[str, Any] = {}
@@ -120,17 +122,24 @@ def _worker(rank: int, world: int, root: str) -> None:
         for phase, counts in work.phases.items():
             out.update({f"{phase}_{key}": torch.tensor(val) for key, val in counts.items()})
         results[case] = out
+    results["cpu_seconds"] = {"user": torch.tensor(resource.getrusage(resource.RUSAGE_SELF).ru_utime)}
     torch.save(results, os.path.join(root, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
+_SPAWNED: dict[int, list[dict[str, Any]]] = {}
+
+
 @pytest.fixture(scope="module")
 def ranks(request: pytest.FixtureRequest) -> tuple[int, list[dict[str, Any]]]:
-    """(world, per-rank results) of one spawned gloo process group."""
+    """(world, per-rank results) of the gloo process group of ``world`` ranks, spawned once per module."""
     world = request.param
-    with tempfile.TemporaryDirectory(prefix="attncc-ring-") as root:
-        mp.spawn(_worker, args=(world, root), nprocs=world, join=True)
-        return world, [torch.load(os.path.join(root, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+    if world not in _SPAWNED:
+        with tempfile.TemporaryDirectory(prefix="attncc-ring-") as root:
+            mp.spawn(_worker, args=(world, root), nprocs=world, join=True)
+            _SPAWNED[world] = [torch.load(os.path.join(root, f"rank{r}.pt"), weights_only=True)
+                               for r in range(world)]
+    return world, _SPAWNED[world]
 
 
 # --- independent dense references -----------------------------------------------------------------
