@@ -20,6 +20,7 @@ import time
 import torch
 
 import attncc
+import attncc.distributed
 
 MASKS: tuple[tuple[str, str, dict[str, int]], ...] = (
     ("causal", "causal", {}),

@@ -153,8 +153,8 @@ def plan(spec_or_mods: Any, length: int, world: int, layout: str = "zigzag", *, 
     user = spec_info(compiled)
     captures, params = host.split_kwargs(user, {**tensors, **kwargs})
     chunk_length(length, layout, world)
-    kernel = PairKernel(compile_spec(global_spec(compiled.spec)), user, list(captures), dict(params), None, length)
-    kernel.info = spec_info(kernel.compiled)
+    glob = compile_spec(global_spec(compiled.spec))
+    kernel = PairKernel(glob, spec_info(glob), list(captures), dict(params), None, length)
     mask, env, caps = _mask_inputs(kernel)
     c = length // (chunks_per_rank(layout) * world)
     hk = heads if kv_heads is None else kv_heads

@@ -171,10 +171,26 @@ def build_plan(mask: sp.Basic, params: Mapping[sp.Symbol, Any], captures: Mappin
         raise InputError(f"world: expected a positive number of ranks; got {world}")
     c = chunk_length(length, layout, world)
     tm, tn = math.gcd(c, block[0]), math.gcd(c, block[1])
-    sizes = {"B": batch, "H": heads, "M": length, "N": length}
-    classes = classify_tiles(mask, sizes, params, {n: t.cpu() for n, t in captures.items()}, tm, tn)
-    nonempty = (classes != EMPTY).to(torch.int64)
+    nonempty = _nonempty_tiles(mask, params, captures, length, batch, heads, tm, tn)
     scale = (batch // nonempty.shape[0]) * (heads // nonempty.shape[1])
     P = chunks_per_rank(layout) * world
     per_pair = nonempty.sum(dim=(0, 1)).reshape(P, c // tm, P, c // tn).sum(dim=(1, 3)) * scale
     return ContextPlan(layout, world, length, c, (tm, tn), per_pair, chunk_bytes, head_dim, machine or Machine())
+
+
+_CLASSES: dict[tuple, torch.Tensor] = {}  # recent classifications (plans of several world sizes share one)
+
+
+def _nonempty_tiles(mask: sp.Basic, params: Mapping[sp.Symbol, Any], captures: Mapping[str, torch.Tensor],
+                    length: int, batch: int, heads: int, tm: int, tn: int) -> torch.Tensor:
+    """``[B', H', Tm, Tn]`` int64: 1 where a tile of the mask at global positions is not empty."""
+    key = (str(mask), tuple(sorted((str(k), v) for k, v in params.items())),
+           tuple((n, t.data_ptr(), t._version, tuple(t.shape)) for n, t in sorted(captures.items())),
+           length, batch, heads, tm, tn)
+    if key not in _CLASSES:
+        sizes = {"B": batch, "H": heads, "M": length, "N": length}
+        classes = classify_tiles(mask, sizes, params, {n: t.cpu() for n, t in captures.items()}, tm, tn)
+        if len(_CLASSES) >= 8:
+            _CLASSES.pop(next(iter(_CLASSES)))
+        _CLASSES[key] = (classes != EMPTY).to(torch.int64)
+    return _CLASSES[key]

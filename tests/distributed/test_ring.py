@@ -8,12 +8,14 @@ torch: error against the fp64 golden within twice that of same-dtype torch (test
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import resource
 import tempfile
 import zlib
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,3 +287,17 @@ def test_one_rank_equals_the_single_device_call() -> None:
     torch.testing.assert_close(lse, ref_lse, msg="one-rank lse")
     full = torch.randn(1, 2, 16, 4)
     assert torch.equal(attncc.distributed.unshard(shard(full)), full)
+
+
+def test_bench_script_prints_the_balance_table(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).resolve().parents[2] / "bench" / "context_parallel.py"
+    spec = importlib.util.spec_from_file_location("context_parallel", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--length", "4096", "--worlds", "2,4", "--heads", "2", "--document", "512"])
+    out = capsys.readouterr().out
+    assert out.count("balance (min/max tiles)") == 2 * 2 * 4, out  # worlds x layouts x masks
+    assert "zigzag layout, 4 ranks" in out and "documents of 512" in out, out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--worlds", "2,x"])
