@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from attncc.distributed.comm import Group, WorkLog, group_of
-from attncc.distributed.globalize import bare_position_captures, global_spec, pair_params
+from attncc.distributed.globalize import bare_position_captures, global_spec
 from attncc.distributed.layout import chunk_length, chunks_per_rank
 from attncc.distributed.pairs import PairKernel
 from attncc.distributed.planning import ContextPlan, Machine, build_plan
@@ -49,7 +49,7 @@ def attention(compiled: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     user = spec_info(compiled)
     captures, params = host.split_kwargs(user, kwargs)
     kernel = _kernel(compiled, captures, params, host.check_scale(user.name, scale), length, q, k, v)
-    plan = _plan_for(kernel, grp, layout, q, k, v)
+    plan = _plan_for(compiled, kernel, grp, layout, q, k, v)
     run = Run(kernel, plan, grp, plan.choose(strategy), work)
     if work is not None:
         work.strategy = run.strategy
@@ -112,15 +112,16 @@ def _kernel(compiled: CompiledAttention, captures: list[torch.Tensor], params: d
     return PairKernel(glob, info, list(captures), dict(params), scale, length)
 
 
-def _mask_inputs(kernel: PairKernel) -> tuple[Any, dict[Any, Any], dict[str, torch.Tensor]]:
-    low = kernel.compiled.generated.lowered
-    values = pair_params(kernel.params, 0, 0, kernel.length)
-    env = {p.symbol: values.get(p.name, p.default) for p in low.variant.params}
+def _mask_inputs(compiled: CompiledAttention, kernel: PairKernel) -> tuple[Any, dict[Any, Any], dict[str, torch.Tensor]]:
+    """The ORIGINAL spec's mask, params and captures: at offsets 0 and lengths L it is the global mask,
+    and its captured tensors are indexed by bare positions (which tile classification bounds cheaply)."""
+    low = compiled.generated.lowered
+    env = {p.symbol: kernel.params.get(p.name, p.default) for p in low.variant.params}
     caps = dict(zip([c.name for c in low.variant.captures], kernel.captures, strict=True))
     return low.mask, env, caps
 
 
-def _plan_for(kernel: PairKernel, grp: Group, layout: str, q: torch.Tensor, k: torch.Tensor,
+def _plan_for(compiled: CompiledAttention, kernel: PairKernel, grp: Group, layout: str, q: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> ContextPlan:
     """The plan of this call (rebuilt only when what shapes it changes)."""
     B, H, c = q.shape[0], q.shape[1], q.shape[2] // chunks_per_rank(layout)
@@ -130,7 +131,7 @@ def _plan_for(kernel: PairKernel, grp: Group, layout: str, q: torch.Tensor, k: t
            tuple(sorted(kernel.params.items())),
            tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in kernel.captures))
     if key not in _PLANS:
-        mask, env, caps = _mask_inputs(kernel)
+        mask, env, caps = _mask_inputs(compiled, kernel)
         _PLANS.clear()
         _PLANS[key] = build_plan(mask, env, caps, length=kernel.length, world=grp.world, layout=layout, batch=B,
                                  heads=H, block=block, chunk_bytes=chunk_bytes, head_dim=q.shape[3])
@@ -155,7 +156,7 @@ def plan(spec_or_mods: Any, length: int, world: int, layout: str = "zigzag", *, 
     chunk_length(length, layout, world)
     glob = compile_spec(global_spec(compiled.spec))
     kernel = PairKernel(glob, spec_info(glob), list(captures), dict(params), None, length)
-    mask, env, caps = _mask_inputs(kernel)
+    mask, env, caps = _mask_inputs(compiled, kernel)
     c = length // (chunks_per_rank(layout) * world)
     hk = heads if kv_heads is None else kv_heads
     chunk_bytes = batch * hk * c * 2 * head_dim * torch.empty((), dtype=dtype).element_size()
