@@ -29,6 +29,7 @@ def _select_interpreter() -> None:
 
 _select_interpreter()
 
+import attncc.distributed  # noqa: E402,F401,I001 - registers CompiledAttention.distributed
 from attncc.errors import AttnccError, CompileError, InputError, SpecError  # noqa: E402
 from attncc.runtime.api import (  # noqa: E402
     BlockMask,

@@ -10,6 +10,9 @@ from attncc.distributed.api import attention, explain, flex_attention, plan
 from attncc.distributed.comm import WorkLog, shard, unshard
 from attncc.distributed.layout import LAYOUTS, assemble, chunks, positions, shard_of
 from attncc.distributed.planning import ContextPlan, Machine
+from attncc.runtime import compiled as _compiled
+
+_compiled.DISTRIBUTED = attention  # CompiledAttention.distributed delegates here
 
 __all__ = ["LAYOUTS", "ContextPlan", "Machine", "WorkLog", "assemble", "attention", "chunks", "explain",
            "flex_attention", "plan", "positions", "shard", "shard_of", "unshard"]
