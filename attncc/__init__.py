@@ -49,6 +49,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'attncc' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    if module.startswith("attncc.runtime"):
+        importlib.import_module("attncc.distributed")  # registers CompiledAttention.distributed
     globals()[name] = value
     return value
 

@@ -14,6 +14,7 @@ import sympy as sp
 import torch
 
 from attncc.compiler import Generated, generate, load_module
+from attncc.errors import InputError
 from attncc.ir import expr as E
 from attncc.passes.lowered import CallFacts
 from attncc.runtime import ops
@@ -24,6 +25,9 @@ from attncc.spec.model import CaptureDecl, Spec
 from attncc.spec.recurrence import RecurrenceSpec
 
 _COMPILED: dict[str, CompiledAttention] = {}
+# attncc.distributed.attention, set when attncc.distributed is imported: that package builds on the
+# runtime, so the runtime may not import it (tests/test_layering.py forbids cycles, even deferred ones).
+DISTRIBUTED: Callable[..., Any] | None = None
 
 
 class CompiledAttention:
@@ -136,6 +140,16 @@ class CompiledAttention:
                  **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # Through the attncc::fwd op (autograd, torch.compile); without a config the op asks config_for.
         return ops.call_compiled(self, q, k, v, scale=scale, return_lse=return_lse, config=config, **kwargs)
+
+    def distributed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, group: Any = None,
+                    layout: str = "zigzag", scale: float | None = None, return_lse: bool = False,
+                    strategy: str = "auto", **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Context parallelism: q, k, v are this rank's sequence shards; see :func:`attncc.distributed.attention`
+        (registered in :data:`DISTRIBUTED` when ``attncc`` is imported)."""
+        if DISTRIBUTED is None:
+            raise InputError("distributed: import attncc.distributed first")
+        return DISTRIBUTED(self, q, k, v, group=group, layout=layout, scale=scale, return_lse=return_lse,
+                           strategy=strategy, **kwargs)
 
     def config_for(self, kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, int]:
         """Tile config from the tuning cache: exact key, nearest shape bucket, then the default."""
