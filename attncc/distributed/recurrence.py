@@ -1,4 +1,4 @@
-"""Context parallelism for linear recurrences, LASP-2 style (see docs/distributed_recurrence.md).
+"""Context parallelism for linear recurrences, LASP-2 style (see docs/distributed.md, "Linear recurrences").
 
     S_t = Diag(exp(g_t)) S_{t-1} + phi(k_t)^T v_t        o_t = scale * phi(q_t) S_t
 

@@ -25,6 +25,9 @@ from attncc.schedules.scan_render import KERNEL_GATES as KERNEL_GATE  # noqa: E4
 from attncc.spec.recurrence import INDEX_NAMES, SIZE_NAMES, RecurrenceSpec
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# attncc.distributed.recurrence.recurrence_attention, set when attncc.distributed is imported (that
+# package builds on the runtime, which may not import it: tests/test_layering.py).
+DISTRIBUTED: Any = None
 
 
 class ScanInfo(NamedTuple):
@@ -114,6 +117,14 @@ class CompiledRecurrence:
         o, final = scan_ops.call(info.key, q, k, v, g, initial_state, cu_seqlens, captures, scale, params, False,
                                  config)
         return (o, final) if output_final_state else o
+
+    def distributed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None, *,
+                    group: Any = None, layout: str = "contiguous", **kwargs: Any) -> Any:
+        """Context parallelism (LASP-2): q, k, v, g are this rank's sequence shards; returns this
+        rank's shard of o (and the global final state); see docs/distributed.md."""
+        if DISTRIBUTED is None:
+            raise InputError("distributed: import attncc.distributed first")
+        return DISTRIBUTED(self, q, k, v, g=g, group=group, layout=layout, **kwargs)
 
     def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None, *,
              state: torch.Tensor | None = None, scale: float | None = None, config: dict[str, int] | None = None,

@@ -129,13 +129,13 @@ def reference(spec: str, x: dict[str, torch.Tensor], dtype: torch.dtype, with_st
 
 def distributed(spec: str, x: dict[str, torch.Tensor], layout: str, with_state: bool,
                 world: int, rank: int) -> dict[str, torch.Tensor]:
-    """This rank's shard of o, the final state and this rank's gradients, from recurrence_attention."""
+    """This rank's shard of o, the final state and this rank's gradients, through CompiledRecurrence.distributed."""
     fn = load(spec)
     leaves = {n: shard_of(x[n].float(), layout, world, rank).requires_grad_(True) for n in ("q", "k", "v", "g")
               if n in x and (n != "g" or SPECS[spec][1] is not None)}
     h0 = x["h0"].float().requires_grad_(True) if with_state else None
-    res = recurrence_attention(fn, leaves["q"], leaves["k"], leaves["v"], g=leaves.get("g"), layout=layout,
-                               initial_state=h0, output_final_state=with_state, config=CONFIG)
+    res = fn.distributed(leaves["q"], leaves["k"], leaves["v"], g=leaves.get("g"), layout=layout,
+                         initial_state=h0, output_final_state=with_state, config=CONFIG)  # the public entry
     o, final = res if with_state else (res, None)
     outputs, grads = [o], [shard_of(x["do"].float(), layout, world, rank)]
     if with_state:
