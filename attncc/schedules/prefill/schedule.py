@@ -71,6 +71,10 @@ class PrefillSchedule(Schedule):
     kernels = (
         KernelDecl("attn_fwd", "fwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "O"), ("LSE",),
                    _INT_TENSORS),
+        # Delta = rowsum(dO * O) - dlse per query row, read by both gradient kernels (no tile loop:
+        # its plan over the queries is never printed).
+        KernelDecl("attn_bwd_preprocess", "bwd", "queries", "(cdiv(M, BLOCK_M), B*H)", ("O", "DO"),
+                   ("DLSE", "DELTA")),
         KernelDecl("attn_bwd_dkdv", "bwd", "queries", "(cdiv(N, BLOCK_N), B*HK)",
                    ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA"), _INT_TENSORS),
         KernelDecl("attn_bwd_dq", "bwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "DO", "DQ"),
