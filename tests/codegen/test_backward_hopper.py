@@ -118,3 +118,40 @@ def test_backward_rejects_a_misshaped_dlse() -> None:
     o, lse = module.attention_forward(q, q, q)
     with pytest.raises(ValueError, match=r"dlse must be \[B, H, M\] = \(1, 2, 5\)"):
         module.attention_backward(q, q, q, o, lse, torch.randn_like(o), dlse=torch.zeros(1, 2, 4))
+
+
+# --- gradients with 64-row tiles: two 32-wide steps per tile, transposed hooks ----------------------
+
+def _alibi_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """Causal ALiBi attention in plain torch: softmax(q k^T / sqrt(D) - slope_h (m - n), n <= m) v."""
+    M, N = q.shape[2], k.shape[2]
+    m, n = torch.arange(M).view(M, 1), torch.arange(N).view(1, N)
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 - slopes.view(1, -1, 1, 1) * (m - n)
+    return torch.softmax(s.masked_fill(n > m, float("-inf")), dim=-1) @ v
+
+
+def _alibi_grads(t: dict[str, torch.Tensor], dtype: torch.dtype, kernel: bool) -> dict[str, torch.Tensor]:
+    leaves = {name: x.to(dtype, copy=True).requires_grad_() for name, x in t.items() if name != "do"}
+    if kernel:
+        tiles = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+        o = attncc.load("alibi")(leaves["q"], leaves["k"], leaves["v"], slopes=leaves["slopes"], config=tiles)
+    else:
+        o = _alibi_dense(leaves["q"], leaves["k"], leaves["v"], leaves["slopes"])
+    (o.double() * t["do"].double()).sum().backward()
+    return {f"d{name}": x.grad for name, x in leaves.items()}
+
+
+@pytest.mark.parametrize("length", [pytest.param(77, id="L77"), pytest.param(63, id="L63")])
+def test_gradients_with_two_steps_per_tile(length: int) -> None:
+    """alibi reads m and n asymmetrically, so a transposed hook printed the wrong way round fails."""
+    gen = torch.Generator().manual_seed(length)
+    t = {name: torch.randn(1, 2, length, 16, generator=gen) for name in ("q", "k", "v", "do")}
+    t["slopes"] = 0.05 + 0.5 * torch.rand(2, generator=gen)
+    got = _alibi_grads(t, torch.float32, kernel=True)
+    golden = _alibi_grads(t, torch.float64, kernel=False)
+    same = _alibi_grads(t, torch.float32, kernel=False)
+    for name, want in golden.items():
+        assert not torch.isnan(got[name]).any(), f"{name}: NaN in the kernel's gradient"
+        err = (got[name].double() - want).abs().max().item()
+        bound = 2 * (same[name].double() - want).abs().max().item() + 2e-5 * max(1.0, want.abs().max().item())
+        assert err <= bound, f"{name}: max err {err:.3g} > {bound:.3g}"
