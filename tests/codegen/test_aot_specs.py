@@ -14,7 +14,7 @@ from attncc.runtime.aot_spec import report_many
 from attncc.spec.loader import library, resolve
 from attncc.spec.recurrence import RecurrenceSpec
 
-KERNELS = {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "attn_decode_units", "attn_decode", "attn_decode_merge"}
+KERNELS = {"attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq", "attn_decode_units", "attn_decode", "attn_decode_merge"}
 KINDS = ("fwd", "bwd", "decode")
 SCAN_KERNELS = {"chunk_state_kernel", "chunk_output_kernel", "chunk_dstate_kernel", "chunk_dv_kernel",
                 "chunk_dqk_kernel", "recurrent_step_kernel"}

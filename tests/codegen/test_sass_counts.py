@@ -18,7 +18,8 @@ from attncc.codegen.sass import parse_sass
 from attncc.runtime.aot_spec import report_many
 from attncc.spec.loader import resolve
 
-KERNELS = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")
+KERNELS = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")  # the kernels with tensor-core products
+PREPROCESS = "attn_bwd_preprocess"  # the backward's rowsum(dO * O) kernel: no product, no loop
 CASES = (("sm_90", 64), ("sm_90", 128), ("sm_80", 64))
 
 
@@ -30,7 +31,8 @@ def reports() -> dict[tuple[str, int, str], KernelReport]:
         kernel = r.kernel.split(".")[1].split("[")[0]
         head_dim = int(re.search(r",d(\d+)\]", r.kernel).group(1))
         out[(r.target, head_dim, kernel)] = r
-    assert set(out) == {(t, hd, k) for t, hd in CASES for k in KERNELS}, "kernels missing from the reports"
+    want = {(t, hd, k) for t, hd in CASES for k in (*KERNELS, PREPROCESS)}
+    assert set(out) == want, f"kernels reported: {sorted(set(out) ^ want)} differ"
     return out
 
 
@@ -41,20 +43,22 @@ def test_sm90_forward_uses_wgmma_in_its_key_loop(reports: dict, head_dim: int) -
     assert r.uses_wgmma
 
 
-def test_sm90_dq_at_d128_has_no_wgmma(reports: dict) -> None:
-    r = reports[("sm_90", 128, "attn_bwd_dq")]
-    assert r.hgmma == 0 and r.hmma > 0, f"{r.kernel} {r.config}: HGMMA {r.hgmma}, HMMA {r.hmma}"
-    assert r.wgmma_fraction == 0.0 and not r.uses_wgmma
-
-
-def test_sm90_dkdv_at_d128_mixes_wgmma_and_mma_sync(reports: dict) -> None:
-    """The kernel the old report called "wgmma yes": a few HGMMA among many HMMA per iteration."""
-    r = reports[("sm_90", 128, "attn_bwd_dkdv")]
-    assert 0 < r.loop_hgmma < r.loop_hmma, f"{r.kernel}: key loop HGMMA {r.loop_hgmma}, HMMA {r.loop_hmma}"
-    assert 0 < r.wgmma_fraction < 0.5, f"{r.kernel}: wgmma fraction {r.wgmma_fraction}"
+@pytest.mark.parametrize("head_dim", [pytest.param(64, id="d64"), pytest.param(128, id="d128")])
+@pytest.mark.parametrize("kernel", [pytest.param(k, id=k) for k in ("attn_bwd_dkdv", "attn_bwd_dq")])
+def test_sm90_backward_products_all_run_on_wgmma(reports: dict, kernel: str, head_dim: int) -> None:
+    """Every product of dK/dV and dQ is a wgmma: HGMMA in the key loop, no HMMA anywhere."""
+    r = reports[("sm_90", head_dim, kernel)]
+    assert r.loop_hgmma > 0 and r.loop_hmma == 0, f"{r.kernel}: key loop HGMMA {r.loop_hgmma}, HMMA {r.loop_hmma}"
+    assert r.hmma == 0 and r.wgmma_fraction == 1.0 and r.uses_wgmma, f"{r.kernel}: HGMMA {r.hgmma}, HMMA {r.hmma}"
     row = next(line for line in format_reports([r]).splitlines() if line.startswith(r.kernel))
-    assert f"{r.hgmma}/{r.hmma} {round(100 * r.wgmma_fraction)}%" in row, row
-    assert f"{r.loop_hgmma}/{r.loop_hmma}" in row and " yes " not in row, row
+    assert f"{r.hgmma}/0 100%" in row and f"{r.loop_hgmma}/0 100%" in row, row
+
+
+def test_preprocess_has_no_tensor_core_work(reports: dict) -> None:
+    for target, head_dim in CASES:
+        r = reports[(target, head_dim, PREPROCESS)]
+        assert (r.hgmma, r.hmma, r.loop_instructions) == (0, 0, None), f"{r.kernel}: {r.hgmma}/{r.hmma}"
+        assert r.spills == 0, f"{r.kernel}: {r.spills} spill bytes"
 
 
 @pytest.mark.parametrize("kernel", [pytest.param(k, id=k) for k in KERNELS])

@@ -31,9 +31,12 @@ DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
         128: {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},
         256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
     },
+    # bwd: tiles of at least 64 rows in both kernels (dQ: BLOCK_M queries, dK/dV: BLOCK_N keys), the
+    # rows a warpgroup's wgmma needs; each kernel sweeps the other index 32 at a time inside a tile
+    # (STEP_M / STEP_N in the template).  128-row tiles spill on sm_80 (d64) and with a captured-tensor bias (d128).
     "bwd": {
-        64: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
-        128: {"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 8, "num_stages": 1},
+        64: {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+        128: {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
         256: {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
     },
 }
@@ -71,6 +74,10 @@ class PrefillSchedule(Schedule):
     kernels = (
         KernelDecl("attn_fwd", "fwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "O"), ("LSE",),
                    _INT_TENSORS),
+        # Delta = rowsum(dO * O) - dlse per query row, read by both gradient kernels (no tile loop:
+        # its plan over the queries is never printed).
+        KernelDecl("attn_bwd_preprocess", "bwd", "queries", "(cdiv(M, BLOCK_M), B*H)", ("O", "DO"),
+                   ("DLSE", "DELTA")),
         KernelDecl("attn_bwd_dkdv", "bwd", "queries", "(cdiv(N, BLOCK_N), B*HK)",
                    ("Q", "K", "V", "DO", "DK", "DV"), ("LSE", "DELTA"), _INT_TENSORS),
         KernelDecl("attn_bwd_dq", "bwd", "keys", "(cdiv(M, BLOCK_M), B*H)", ("Q", "K", "V", "DO", "DQ"),
