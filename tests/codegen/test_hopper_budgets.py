@@ -21,14 +21,12 @@ import pytest
 
 from attncc.codegen.report import KernelReport, format_reports
 from attncc.runtime.aot_spec import report_many
+from attncc.schedules import by_kind
 from attncc.spec.loader import resolve
 
 HEAD_DIMS = (64, 128)
-PREFILL = ("attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq")
-DECODE = ("attn_decode_units", "attn_decode", "attn_decode_merge")
-CHUNKWISE = ("chunk_state_kernel", "chunk_output_kernel", "chunk_dstate_kernel", "chunk_dv_kernel",
-             "chunk_dqk_kernel")
-RECURRENT = ("recurrent_step_kernel",)
+PREFILL = ("attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq")
+BACKWARD_PRODUCTS = ("attn_bwd_dkdv", "attn_bwd_dq")  # the kernels with matrix products
 SCANS = ("linear_attention", "retnet", "gla")  # gate kinds none, scalar, vector
 FORWARD_TARGET = 36.0  # issue 12: instructions per key column of a 128-query tile, unmasked loop
 
@@ -51,8 +49,8 @@ def _key(r: KernelReport) -> Key:
 
 
 def _kernels(kinds: tuple[str, ...]) -> tuple[str, ...]:
-    table = {"fwd": PREFILL[:1], "bwd": PREFILL[1:], "decode": DECODE, "recurrence": CHUNKWISE, "step": RECURRENT}
-    return tuple(k for kind in kinds for k in table[kind])
+    """The kernels each kind's schedule declares (what ``report_many`` compiles)."""
+    return tuple(k.name for kind in kinds for k in by_kind(kind).kernels_of(kind))
 
 
 def _expected(target: str) -> set[Key]:
@@ -155,13 +153,8 @@ def test_prefill_uses_pointer_loads_on_sm80(sm80: dict, hd: int) -> None:
         assert r.tma == 0 and r.loads in ("cp.async", "ldg"), f"{r.kernel}: loads {r.loads}, TMA {r.tma}"
 
 
-BACKWARD_WGMMA_TODAY = {(k, "fp16", hd): k == "attn_bwd_dq" and hd == 64 for k in PREFILL[1:] for hd in HEAD_DIMS}
-
-
-@pytest.mark.parametrize(("kernel", "dt", "hd"), [
-    pytest.param(k, dt, hd, id=f"{k}-{dt}-d{hd}",
-                 marks=() if ok else (pytest.mark.xfail(strict=True, reason="issue 12: backward products on mma.sync"),))
-    for (k, dt, hd), ok in BACKWARD_WGMMA_TODAY.items()])
+@pytest.mark.parametrize(("kernel", "dt", "hd"), [pytest.param(k, dt, hd, id=f"{k}-{dt}-d{hd}")
+                                                  for k in BACKWARD_PRODUCTS for dt in ("fp16",) for hd in HEAD_DIMS])
 def test_prefill_backward_products_on_wgmma(sm90: dict, kernel: str, dt: str, hd: int) -> None:
     r = sm90[("causal", kernel, dt, hd)]
     assert r.loop_hgmma and r.loop_hmma == 0 and r.hmma == 0, (
