@@ -222,11 +222,11 @@ _FOLD_TEXT = {
 }
 
 
-def fold_hooks(low: Lowered, tile_pr: TritonPrinter, call_args: str) -> dict[str, str]:
+def fold_hooks(low: Lowered, tile_pr: TritonPrinter, call_args: str, indent: str = "") -> dict[str, str]:
     """The forward kernels' score hooks for ``low.fold``: ``FOLD_SCALE`` (``qk_scale``, after ``q``
     is loaded), ``SCORE`` (the tile ``s`` the update table reads) and ``MOD_LOG2`` (for a linear
     modification ``slope * score + offset``, ``score_mod_log2`` = ``slope * s + offset * log2(e)``
-    on scores in log2 units; else a comment)."""
+    on scores in log2 units; else a comment).  ``indent``: extra indent of ``FOLD_SCALE``."""
     fold = low.fold
     mod_log2 = "# (no score_mod_log2: the score modification is not linear in the score)"
     if fold.kind == "identity":
@@ -246,4 +246,4 @@ def fold_hooks(low: Lowered, tile_pr: TritonPrinter, call_args: str) -> dict[str
         score = [f"    s = {_DOT} * sm_scale  # [BLOCK_M, BLOCK_N]",
                  "    # identity score modification" if identity else
                  f"    s = {tile_shaped('score_mod', low.modify, call_args)}"]
-    return {"FOLD_SCALE": "\n".join(_FOLD_TEXT[fold.kind]), "SCORE": "\n".join(score), "MOD_LOG2": mod_log2}
+    return {"FOLD_SCALE": "\n".join(indent + line for line in _FOLD_TEXT[fold.kind]), "SCORE": "\n".join(score), "MOD_LOG2": mod_log2}
