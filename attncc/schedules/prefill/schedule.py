@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 # tests/codegen/test_aot_specs.py; 256 is a conservative guess (not part of that guarantee).
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {
-        64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "USE_TMA": 1},
-        128: {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3, "USE_TMA": 1},
-        256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "USE_TMA": 1},
+        64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+        128: {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},
+        256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
     },
     "bwd": {
         64: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 8, "num_stages": 1},
@@ -48,9 +48,6 @@ def _tile_ok(config: Mapping[str, int]) -> bool:
 
 SPACE = ConfigSpace({"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4)},
                     valid=_tile_ok)
-# The forward's space adds USE_TMA: 1 moves keys and values through tensor descriptors where the
-# device has them (sm_90 and newer), 0 keeps the pointer path.
-FWD_SPACE = ConfigSpace({**SPACE.params, "USE_TMA": (1, 0)}, valid=_tile_ok)
 
 # int32 pointers: the tile log and the block tables of a block-table plan (absent from other variants).
 _INT_TENSORS = ("TILE_LOG", "TBL_NUM", "TBL_IDX", "TBL_FULL_NUM", "TBL_FULL_IDX")
@@ -110,7 +107,8 @@ class PrefillSchedule(Schedule):
         return render(low, source_key)
 
     def space(self, kind: str) -> ConfigSpace:
-        return FWD_SPACE if self.check_kind(kind) == "fwd" else SPACE
+        self.check_kind(kind)
+        return SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
         f = 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
