@@ -199,9 +199,8 @@ def _torch_scratch(size: int, alignment: int, stream: object) -> torch.Tensor:
 def ensure_allocator() -> None:
     """Device-side tensor descriptors need global scratch: give Triton a torch allocator, unless
     the caller has set one (``triton.set_allocator``)."""
-    from triton.runtime import _allocation
-
-    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+    allocation = triton.runtime._allocation
+    if allocation._allocator.get() is allocation._NULL_ALLOCATOR:
         triton.set_allocator(_torch_scratch)
 
 
@@ -231,6 +230,23 @@ def table_config(table: dict, head_dim: int, kind: str) -> dict:
         if head_dim <= bound:
             return dict(by_bound[bound])
     return dict(by_bound[max(by_bound)])
+
+
+def device_kind(table: dict, kind: str, device: object, interpreted: bool) -> str:
+    """The entry of ``table`` for ``kind`` on ``device``: ``<kind>_pre_sm90`` when the table has
+    one and the kernels run in Triton's interpreter or on a CUDA device of compute capability
+    below 9; else ``kind``.  ``device`` None: the current CUDA device."""
+    older = f"{kind}_pre_sm90"
+    if older not in table:
+        return kind
+    if interpreted:
+        return older
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type != "cuda":
+        return kind
+    if not torch.cuda.is_available():
+        return kind
+    return older if torch.cuda.get_device_capability(dev)[0] < 9 else kind
 
 
 def check_config_value(key: str, val: object, allowed: tuple, label: str = "config") -> None:

@@ -17,9 +17,8 @@ score modification lets the scale and log2(e) fold into one multiply
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import math
+from collections.abc import Mapping
 
 import sympy as sp
 
@@ -101,6 +100,12 @@ def _by_name(expr: sp.Basic, name: str) -> sp.Symbol | None:
     return next((s for s in expr.free_symbols if s.name == name), None)
 
 
+def _pull_scale(expr: sp.Basic, scale: sp.Symbol, s: sp.Symbol) -> sp.Basic:
+    """``expr`` with ``rowmax(scale * s)`` written ``scale * rowmax(s)`` (``scale > 0``)."""
+    return expr.replace(lambda x: type(x).__name__ == "rowmax" and x.args[0] == scale * s,
+                        lambda x: scale * x.func(s))
+
+
 def base2_update(rule: Mapping[str, sp.Basic], scale: sp.Symbol | None = None) -> dict[str, sp.Basic]:
     """The base-2 form of an update table: its score tile ``s`` and maxima in log2 units, ``exp``
     -> ``2**``.  With ``scale`` (a positive scalar), the tile ``s`` is the unscaled ``q . k`` and
@@ -111,9 +116,7 @@ def base2_update(rule: Mapping[str, sp.Basic], scale: sp.Symbol | None = None) -
         e = _exp2(sp.sympify(expr))
         s = _by_name(e, "s")
         if scale is not None and s is not None:
-            e = e.xreplace({s: scale * s})
-            e = e.replace(lambda x: type(x).__name__ == "rowmax" and x.args[0] == scale * s,
-                          lambda x: scale * x.func(s))
+            e = _pull_scale(e.xreplace({s: scale * s}), scale, s)
         out[key] = e
     return out
 

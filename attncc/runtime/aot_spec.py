@@ -69,6 +69,19 @@ def launch_divisibility(sig: dict[str, str], head_dim: int, head_dim_v: int) -> 
     return ptrs + [n for n in sig if n.startswith("stride_")]
 
 
+def _module_default(module: Any, schedule: Any, kind: str, head_dim: int, target: str) -> dict[str, int]:
+    """The default config of ``kind`` the module uses on ``target``: its own table (a kind may have
+    a ``<kind>_pre_sm90`` entry for targets below sm_90), else the schedule's default."""
+    from attncc.codegen.aot import parse_target
+
+    table = getattr(module, "DEFAULT_CONFIGS", None)
+    if not isinstance(table, dict) or kind not in table:
+        return schedule.default_config(kind, head_dim)
+    older = f"{kind}_pre_sm90"
+    entry = older if older in table and parse_target(target).arch < 90 else kind
+    return launch.table_config(table, head_dim, entry)
+
+
 def target_use_tma(config: dict[str, int], target: str) -> bool:
     """USE_TMA of an ahead-of-time compile: the config's (default 1) on sm_90 and newer, never
     below (the launch layer's choice on such a device, :func:`attncc.codegen.launch.use_tma`)."""
@@ -101,7 +114,7 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
     for kind in kinds:
         gen = fn.generated_of_kind(kind)
         schedule, module = gen.lowered.schedule, load_module(gen)
-        cfg = {**schedule.default_config(kind, max(head_dim, head_dim_v)), **(config or {})}
+        cfg = {**_module_default(module, schedule, kind, max(head_dim, head_dim_v), target), **(config or {})}
         tma = target_use_tma(cfg, target)
         for decl in schedule.kernels_of(kind):
             own = schedule.aot_signature(module, decl, dtype, head_dim, head_dim_v, cfg)

@@ -76,8 +76,9 @@ def _table_ints(low: Lowered) -> list[str]:
     return ["tbl_num_sb", "tbl_num_sh", "tbl_idx_sb", "tbl_idx_sh", "tbl_cols"]
 
 
-def render(low: Lowered, source_key: str) -> str:
-    """Source text of the standalone module of the lowered IR ``low``."""
+def render(low: Lowered, source_key: str, defaults: dict | None = None) -> str:
+    """Source text of the standalone module of the lowered IR ``low``; ``defaults``: its default
+    configs (kind -> head-dim bound -> config; default: the schedule's)."""
     variant = low.variant
     check_names(variant)
     ctx = Context(variant)
@@ -101,6 +102,8 @@ def render(low: Lowered, source_key: str) -> str:
         **_softmax_hooks(low),
         **fold_hooks(low, tile_pr, call_args),
     }
+    if defaults is not None:
+        hooks["DEFAULT_CONFIGS"] = py_literal({k: dict(v) for k, v in defaults.items()})
     bwd = _backward_hooks(low, ctx, tile_pr, bound_pr, call_args)
     helpers = tile_pr.helpers | bound_pr.helpers | bwd.pop("_helpers")
     hooks.update(bwd)
