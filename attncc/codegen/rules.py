@@ -244,9 +244,7 @@ def fold_hooks(low: Lowered, tile_pr: TritonPrinter, call_args: str, indent: str
             f"def score_mod_log2(s, {call_args}):",
             '    """score_mod in log2 units (it is linear in the score): s is the q.k tile times scale * log2(e)."""',
             f"    return {tile_pr.doprint(expr)}", ""])
-    else:
-        identity = low.modify == E.score
+    else:  # the natural-log softmax of the scaled, modified score
         score = [f"    s = {_DOT} * sm_scale  # [BLOCK_M, BLOCK_N]",
-                 "    # identity score modification" if identity else
                  f"    s = {tile_shaped('score_mod', low.modify, call_args)}"]
     return {"FOLD_SCALE": "\n".join(indent + line for line in _FOLD_TEXT[fold.kind]), "SCORE": "\n".join(score), "MOD_LOG2": mod_log2}
