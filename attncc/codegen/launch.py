@@ -42,6 +42,7 @@ CONFIG_VALUES = {
     "BLOCK_N": (16, 32, 64, 128, 256),
     "num_warps": (1, 2, 4, 8, 16, 32),
     "num_stages": (1, 2, 3, 4, 5, 6, 7, 8),
+    "USE_TMA": (0, 1),  # optional: 0 forces the pointer path; 1 asks for tensor descriptors (see use_tma)
 }
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256  # largest D and E the kernels take
@@ -163,8 +164,44 @@ def kernel_constexprs(D: int, E: int, config: dict, dtype: torch.dtype | str) ->
 
 
 def launch_options(config: dict) -> dict:
-    """Triton's launch options (num_warps, num_stages) of ``config``."""
+    """Triton's launch options (num_warps, num_stages) of ``config`` (its USE_TMA is a constexpr)."""
     return {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+
+
+def tma_layout_ok(tensors: tuple) -> bool:
+    """Every tensor has a contiguous last dim, a 16-byte aligned start and 16-byte multiples as
+    its other strides: what a tensor descriptor (TMA) needs of each row it moves."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(s * size % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def use_tma(config: dict, tensors: tuple, interpreted: bool) -> bool:
+    """USE_TMA of a forward launch reading ``tensors`` (k, v) through tensor descriptors: only
+    when their layout allows it (:func:`tma_layout_ok`) and ``config`` has no ``USE_TMA=0``; then
+    on a CUDA device of compute capability >= 9 (Hopper), never on older devices, and in
+    Triton's interpreter only when ``config`` asks for it (``USE_TMA=1``)."""
+    want = config.get("USE_TMA")
+    if want == 0 or not tma_layout_ok(tensors):
+        return False
+    if interpreted:
+        return want == 1
+    dev = tensors[0].device
+    return dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
+
+
+def _torch_scratch(size: int, alignment: int, stream: object) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def ensure_allocator() -> None:
+    """Device-side tensor descriptors need global scratch: give Triton a torch allocator, unless
+    the caller has set one (``triton.set_allocator``)."""
+    allocation = triton.runtime._allocation
+    if allocation._allocator.get() is allocation._NULL_ALLOCATOR:
+        triton.set_allocator(_torch_scratch)
 
 
 def default_scale(scale: float | None, D: int) -> float:
@@ -193,6 +230,23 @@ def table_config(table: dict, head_dim: int, kind: str) -> dict:
         if head_dim <= bound:
             return dict(by_bound[bound])
     return dict(by_bound[max(by_bound)])
+
+
+def device_kind(table: dict, kind: str, device: object, interpreted: bool) -> str:
+    """The entry of ``table`` for ``kind`` on ``device``: ``<kind>_pre_sm90`` when the table has
+    one and the kernels run in Triton's interpreter or on a CUDA device of compute capability
+    below 9; else ``kind``.  ``device`` None: the current CUDA device."""
+    older = f"{kind}_pre_sm90"
+    if older not in table:
+        return kind
+    if interpreted:
+        return older
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type != "cuda":
+        return kind
+    if not torch.cuda.is_available():
+        return kind
+    return older if torch.cuda.get_device_capability(dev)[0] < 9 else kind
 
 
 def check_config_value(key: str, val: object, allowed: tuple, label: str = "config") -> None:

@@ -54,15 +54,19 @@ def _function(name: str, doc: str, rule: dict[str, sp.Basic], args: tuple[str, .
     ])
 
 
-def merge_source(g: nx.DiGraph) -> str:
-    """``_merge_state`` and ``_finalize_state`` as Triton source, printed from the node's rules."""
+def merge_source(g: nx.DiGraph, merge: dict[str, sp.Basic] | None = None,
+                 finalize: dict[str, sp.Basic] | None = None) -> str:
+    """``_merge_state`` and ``_finalize_state`` as Triton source, printed from the node's rules, or
+    from the given forms of them (e.g. the base-2 tables of :mod:`attncc.codegen.rules`, for
+    states whose m is in log2 units; the LSE is natural log either way)."""
     d = _node(g)
     state = tuple(d["state"])
-    merge = _function("_merge_state", "Merge partial softmax states a and b (natural-log m).",
-                      d["merge"], MERGE_ARGS, state)
-    final = _function("_finalize_state", "Output and log-sum-exp of a softmax state (natural-log m).",
-                      d["finalize"], FINALIZE_ARGS, FINALIZE_OUTPUTS)
-    return merge + "\n\n" + final
+    units = "natural-log m" if merge is None else "m in the units of the kernel's update"
+    merge_fn = _function("_merge_state", f"Merge partial softmax states a and b ({units}).",
+                         d["merge"] if merge is None else merge, MERGE_ARGS, state)
+    final = _function("_finalize_state", f"Output and natural-log log-sum-exp of a softmax state ({units}).",
+                      d["finalize"] if finalize is None else finalize, FINALIZE_ARGS, FINALIZE_OUTPUTS)
+    return merge_fn + "\n\n" + final
 
 
 def _eval(expr: sp.Basic, env: dict[str, torch.Tensor], wide: bool) -> torch.Tensor | float | bool:

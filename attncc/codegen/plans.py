@@ -41,7 +41,11 @@ class Loop:
 
 
 def _segment(k: int, total: int, seg: Segment, swept: str, pr: TritonPrinter, loop: Loop) -> list[str]:
-    """Tile loops of one segment: masked edge tiles, mask-free full tiles, masked edge tiles."""
+    """Tile loops of one segment: masked edge tiles, mask-free full tiles, masked edge tiles.
+
+    The full range is floored to whole tiles and to ``whole_end`` (the last whole tile of the
+    swept length), and starts at or after ``seg_lo >= 0``: every mask-free tile lies inside the
+    sequence, so the kernels load it without bounds checks."""
     block = loop.block
     lines = [f"# segment {k + 1} of {total}: {swept} where {comment_text(str(seg.conjunct))}",
              f"#   visited {swept}: [{comment_text(f'{seg.lo}, {seg.hi}')})",
@@ -53,7 +57,8 @@ def _segment(k: int, total: int, seg: Segment, swept: str, pr: TritonPrinter, lo
     else:
         lines += [f"#   full (mask-free) tiles inside: [{comment_text(f'{seg.full_lo}, {seg.full_hi}')})",
                   f"full_lo = tl.minimum(tl.maximum(tl.cdiv({pr.p(seg.full_lo)}, {block}) * {block}, seg_lo), seg_end)",
-                  f"full_hi = tl.maximum(tl.minimum(({pr.p(seg.full_hi)}) // {block} * {block}, seg_end), full_lo)"]
+                  f"full_hi = tl.maximum(tl.minimum(tl.minimum(({pr.p(seg.full_hi)}) // {block} * {block}, seg_end), whole_end), "
+                  "full_lo)"]
         for lo, hi, masked in (("seg_lo", "full_lo", True), ("full_lo", "full_hi", False),
                                ("full_hi", "seg_end", True)):
             lines += loop.for_range(lo, hi, masked)
@@ -65,7 +70,9 @@ def _emit_segments(plan: SegmentPlan, pr: TritonPrinter, loop: Loop) -> list[str
     segs = plan.segments
     if not segs:
         return ["pass  # the mask is never true: no tile is visited"]
-    lines = [f"visited_end = tl.full([], 0, tl.int32)  # {plan.swept[:-1]} tiles below this were swept by an earlier segment"]
+    extent = "N" if plan.direction == KEYS else "M"
+    lines = [f"visited_end = tl.full([], 0, tl.int32)  # {plan.swept[:-1]} tiles below this were swept by an earlier segment",
+             f"whole_end = {extent} // {loop.block} * {loop.block}  # mask-free tiles end here: they carry no bounds check"]
     for i, seg in enumerate(segs):
         lines += _segment(i, len(segs), seg, plan.swept, pr, loop)
     return lines
@@ -78,7 +85,8 @@ TABLE_PARAMS = ("TBL_NUM, TBL_IDX, TBL_FULL_NUM, TBL_FULL_IDX, tbl_num_sb, tbl_n
 
 
 def _emit_block_table(plan: BlockTablePlan, pr: TritonPrinter, loop: Loop) -> list[str]:
-    """Partial blocks (mask on), then full blocks (mask off except a tail past the last whole tile)."""
+    """Partial blocks (mask on), then full blocks (mask off except a tail past the last whole tile:
+    the mask-free range of a block ends at ``whole_end``, so those tiles lie inside the sequence)."""
     first, extent = ("m_first", "N") if plan.direction == KEYS else ("n_first", "M")
     names = plan.tables
     lines = [f"# block table: {names[0]}/{names[1]} (partial) and {names[2]}/{names[3]} (full), "

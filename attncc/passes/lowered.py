@@ -4,7 +4,9 @@
 typed field per thing a pass finds out.  :meth:`Lowering.result` freezes it into
 :class:`Lowered`, the only input of code generation: the graph, the expressions read back from
 its nodes (score modification, mask, key/value head map), the score derivative, the softmax rule
-tables, the mask analyses, one iteration plan per kernel, the chosen schedule and the pass records.
+tables, the mask analyses, one iteration plan per kernel, the chosen schedule and the pass records,
+and how the score's scale folds into the softmax (:class:`ScoreFold`, read from the score
+modification).
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ class SoftmaxRules:
     merge: Mapping[str, sp.Basic]
 
 
+@dataclass(frozen=True)
+class ScoreFold:
+    """Whether the scale and log2(e) fold into one multiply of ``q . k`` (see :func:`score_fold`).
+
+    ``kind``: ``"identity"`` (modify = score), ``"linear"`` (modify = ``slope * score + offset``
+    with ``slope`` and ``offset`` free of the score) or ``"none"`` (any other modification, e.g.
+    a soft cap; ``slope`` and ``offset`` are then ``None``).
+    """
+
+    kind: str
+    slope: sp.Expr | None = None
+    offset: sp.Expr | None = None
+
+    @property
+    def base2(self) -> bool:
+        """The forward softmax runs in base 2 on ``q . k * scale * log2(e)``."""
+        return self.kind != "none"
+
+
 @dataclass
 class Lowering:
     """Mutable state threaded through the pipeline; every field but ``graph`` is set by a named pass."""
@@ -77,7 +98,7 @@ class Lowering:
         assert self.mask_keys is not None and self.mask_queries is not None and self.schedule is not None
         return Lowered(
             graph=g, variant=variant_of(g), modify=score_modification(g), mask=mask_predicate(g),
-            kv_head=kv_head(g), dscore=sp.sympify(self.dscore), dloads=self.dloads, softmax=softmax_rules(g),
+            kv_head=kv_head(g), fold=score_fold(score_modification(g)), dscore=sp.sympify(self.dscore), dloads=self.dloads, softmax=softmax_rules(g),
             mask_keys=self.mask_keys, mask_queries=self.mask_queries, schedule=self.schedule,
             plans=MappingProxyType(dict(self.plans)), records=tuple(self.records), call=self.call)
 
@@ -87,7 +108,8 @@ class Lowered:
     """The lowered IR of one variant: everything code generation reads (never the Spec).
 
     ``modify`` is an expression of ``score`` (and indices, params, loads); ``mask`` a predicate
-    over ``(b, h, m, n)``; ``kv_head`` an expression of ``h`` and sizes.
+    over ``(b, h, m, n)``; ``kv_head`` an expression of ``h`` and sizes; ``fold`` says whether
+    ``modify`` is the identity or linear in the score (:func:`score_fold`).
     """
 
     graph: nx.DiGraph
@@ -95,6 +117,7 @@ class Lowered:
     modify: sp.Expr
     mask: sp.Basic
     kv_head: sp.Expr
+    fold: ScoreFold
     dscore: sp.Expr
     dloads: tuple[tuple[E.Load, sp.Expr], ...]  # float captured-tensor loads of modify and d modify / d load
     softmax: SoftmaxRules
@@ -149,6 +172,24 @@ def score_modification(g: nx.DiGraph) -> sp.Expr:
         if g.nodes[node]["op"] == "map":
             out = g.nodes[node]["expr"].subs(x, out)
     return out
+
+
+def score_fold(modify: sp.Expr) -> ScoreFold:
+    """Whether ``modify`` is the identity or of degree <= 1 in ``score``: ``slope * score + offset``
+    with ``slope = d modify / d score`` and ``offset = modify(score = 0)`` both free of the score,
+    and ``modify - (slope * score + offset)`` simplifying to 0 (else ``kind = "none"``)."""
+    s = E.score
+    if modify == s:
+        return ScoreFold("identity", sp.Integer(1), sp.Integer(0))
+    if s not in modify.free_symbols:
+        return ScoreFold("none")  # the scores do not matter: nothing to fold into
+    slope = sp.diff(modify, s)
+    offset = modify.subs(s, 0)
+    if s in slope.free_symbols or s in offset.free_symbols or offset.has(sp.oo, -sp.oo, sp.zoo, sp.nan):
+        return ScoreFold("none")
+    if sp.simplify(sp.expand(modify - (slope * s + offset))) != 0:
+        return ScoreFold("none")
+    return ScoreFold("linear", slope, offset)
 
 
 def mask_predicate(g: nx.DiGraph) -> sp.Basic:

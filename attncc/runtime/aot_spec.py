@@ -23,10 +23,11 @@ TRITON_DTYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "float16": "fp1
 
 def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_dim: int, head_dim_v: int,
                      config: dict[str, int], module: Any = None,
-                     own: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+                     own: dict[str, Any] | None = None, use_tma: bool = False) -> tuple[dict[str, str], dict[str, Any]]:
     """Triton signature and constexprs of one generated kernel of ``module`` (default: the spec's
     main module) for a dtype, head dims and tiles (pointer types from the schedule's
-    :class:`KernelDecl`, ``own`` constexprs from its schedule; the tile log compiled out)."""
+    :class:`KernelDecl`, ``own`` constexprs from its schedule; the tile log compiled out;
+    ``USE_TMA`` for a kernel that has it)."""
     kernel = getattr(module or fn.module, decl.name)
     spec = fn.spec
     elem = TRITON_DTYPES[dtype]
@@ -34,7 +35,7 @@ def kernel_signature(fn: CompiledAttention, decl: KernelDecl, dtype: str, head_d
                                   "WRITE_FULL": bool(spec.captures), "LOG_TILES": False,
                                   "TBL_ROW": config["BLOCK_M"] if decl.sweeps == "keys" else config["BLOCK_N"],
                                   "TBL_COL": config["BLOCK_N"] if decl.sweeps == "keys" else config["BLOCK_M"],
-                                  **(own or {})}
+                                  "USE_TMA": bool(use_tma), **(own or {})}
     constexprs = {k: v for k, v in constexprs.items() if k in kernel.arg_names}
     sig: dict[str, str] = {}
     for name in kernel.arg_names:
@@ -68,6 +69,27 @@ def launch_divisibility(sig: dict[str, str], head_dim: int, head_dim_v: int) -> 
     return ptrs + [n for n in sig if n.startswith("stride_")]
 
 
+def _module_default(module: Any, schedule: Any, kind: str, head_dim: int, target: str) -> dict[str, int]:
+    """The default config of ``kind`` the module uses on ``target``: its own table (a kind may have
+    a ``<kind>_pre_sm90`` entry for targets below sm_90), else the schedule's default."""
+    from attncc.codegen.aot import parse_target
+
+    table = getattr(module, "DEFAULT_CONFIGS", None)
+    if not isinstance(table, dict) or kind not in table:
+        return schedule.default_config(kind, head_dim)
+    older = f"{kind}_pre_sm90"
+    entry = older if older in table and parse_target(target).arch < 90 else kind
+    return launch.table_config(table, head_dim, entry)
+
+
+def target_use_tma(config: dict[str, int], target: str) -> bool:
+    """USE_TMA of an ahead-of-time compile: the config's (default 1) on sm_90 and newer, never
+    below (the launch layer's choice on such a device, :func:`attncc.codegen.launch.use_tma`)."""
+    from attncc.codegen.aot import parse_target
+
+    return bool(config.get("USE_TMA", 1)) and parse_target(target).arch >= 90
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -93,11 +115,12 @@ def report_kernels(fn: CompiledAttention, target: str, dtype: str, head_dim: int
     for kind in kinds:
         gen = fn.generated_of_kind(kind)
         schedule, module = gen.lowered.schedule, load_module(gen)
-        cfg = {**schedule.default_config(kind, max(head_dim, head_dim_v)), **(config or {})}
+        cfg = {**_module_default(module, schedule, kind, max(head_dim, head_dim_v), target), **(config or {})}
+        tma = target_use_tma(cfg, target)
         for decl in schedule.kernels_of(kind):
             own = schedule.aot_signature(module, decl, dtype, head_dim, head_dim_v, cfg)
             sig, constexprs = own if own is not None else kernel_signature(
-                fn, decl, dtype, head_dim, head_dim_v, cfg, module, schedule.aot_constexprs(decl))
+                fn, decl, dtype, head_dim, head_dim_v, cfg, module, schedule.aot_constexprs(decl), tma)
             out.append(compile_report(getattr(module, decl.name), sig, constexprs, target, cfg["num_warps"],
                                       cfg["num_stages"], kernel_name=f"{fn.spec.name}.{decl.name}[{dtype},d{head_dim}]",
                                       divisible_by_16=launch_divisibility(sig, head_dim, head_dim_v),

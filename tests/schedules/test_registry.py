@@ -83,7 +83,7 @@ def test_a_registered_schedule_owns_its_kernels(schedule: object) -> None:
             pointers = ([a for a, t in own[0].items() if t.startswith("*")] if own is not None
                         else [a for a in args if a.isupper() or a.startswith("CG_")])
             undeclared = [a for a in pointers if a not in (*decl.elem_tensors, *decl.fp32_tensors, *decl.int_tensors)
-                          and not a.startswith(("HEAD_", "BLOCK_", "DOT_", "WRITE_", "LOG_", "TBL_ROW", "TBL_COL"))
+                          and not a.startswith(("HEAD_", "BLOCK_", "DOT_", "WRITE_", "LOG_", "TBL_ROW", "TBL_COL", "USE_TMA"))
                           and a not in ("B", "H", "HK", "M", "N", "LQ", "G", "S", "AT_END", "PAGE_SIZE", "PAGED")]
             assert not undeclared, f"{decl.name}: pointer arguments without a declared dtype: {undeclared}"
     shape = Shape.of(2, 4, 1000, 1000, 64)

@@ -17,7 +17,7 @@ from attncc.codegen.header import REQUIREMENTS, module_header
 from attncc.codegen.launch_text import emitted_source, launch_source
 from attncc.codegen.literals import py_literal
 from attncc.codegen.plans import Loop, emit_plan
-from attncc.codegen.rules import print_rules
+from attncc.codegen.rules import fold_hooks, print_rules, softmax_tables
 from attncc.passes.lowered import Lowered
 from attncc.version import __version__
 
@@ -25,10 +25,16 @@ TEMPLATE = Path(__file__).parent / "templates" / "decode.py.tmpl"
 PARTITION = Path(__file__).with_name("partition.py")
 
 STATE_NAMES = {"m": "m_i", "l": "l_i", "O": "o", "LSE": "lse"}
-UPDATE_RANKS = {"m": "row", "l": "row", "acc": "wide", "s": "tile", "v": "kv"}
-# The value tile is loaded (through the page table when PAGED) right before its first use.
-V_LOAD = ["v = tl.load(V_base + v_row[:, None] + offs_e[None, :],",
-          "            mask=n_ok[:, None] & (offs_e[None, :] < HEAD_E), other=0.0)  # [BLOCK_N, BLOCK_E]"]
+UPDATE_RANKS = {"m": "row", "l": "row", "acc": "wide", "s": "tile", "v": "kv", "qk_scale": "scalar"}
+# The value tile is loaded (through the page table when PAGED) right before its first use; a
+# mask-free tile without bounds checks (see _decode_tile).
+V_LOAD = ["v_ptrs = V_base + v_row[:, None] + offs_e[None, :]",
+          "if MASKED:",
+          "    v = tl.load(v_ptrs, mask=n_ok[:, None] & (offs_e[None, :] < HEAD_E), other=0.0)  # [BLOCK_N, BLOCK_E]",
+          "elif BLOCK_E != HEAD_E:",
+          "    v = tl.load(v_ptrs, mask=offs_e[None, :] < HEAD_E, other=0.0)",
+          "else:",
+          "    v = tl.load(v_ptrs)"]
 
 
 def module_text() -> str:
@@ -58,14 +64,16 @@ def render(low: Lowered, source_key: str) -> str:
     ctx = Context(variant)
     tile_pr = ctx.printer(tile=True)
     bound_pr = ctx.printer(tile=False)
-    update, _ = print_rules(low.softmax.update, UPDATE_RANKS, names=STATE_NAMES, before_use={"v": V_LOAD})
+    update_rule, finalize_rule, merge_rule = softmax_tables(low)
+    update, _ = print_rules(update_rule, UPDATE_RANKS, names=STATE_NAMES, before_use={"v": V_LOAD})
     plan = low.plan("attn_decode_units")
     hooks = {
         **spec_hooks(low, ctx, tile_pr),
         "HEADER": _header(low, source_key),
         "UNITS": emit_plan(plan, bound_pr, Loop("", "n0", "BLOCK_N", "")),
         "SOFTMAX_UPDATE": "\n".join(update),
-        "MERGE": merge_source(low.graph),
+        "MERGE": merge_source(low.graph, merge_rule, finalize_rule),
+        **fold_hooks(low, tile_pr, f"off_b, off_h, offs_m, offs_n, {ctx.hooks}", indent="    "),
         "SEGMENTS": py_literal(len(plan.segments)),
         "LAUNCH": launch_source(),
         "PARTITION": emitted_source(PARTITION),

@@ -16,7 +16,7 @@ from attncc.codegen.header import REQUIREMENTS, module_header
 from attncc.codegen.launch_text import launch_source
 from attncc.codegen.literals import doc_text, py_literal
 from attncc.codegen.plans import Loop, emit_plan, plan_params
-from attncc.codegen.rules import print_rules
+from attncc.codegen.rules import fold_hooks, print_rules, softmax_tables
 from attncc.passes.lowered import Lowered
 from attncc.schedules.prefill.backward import backward_hooks as _backward_hooks
 from attncc.version import __version__
@@ -26,11 +26,11 @@ TEMPLATES = ("prefill_fwd", "prefill_bwd")
 
 # Rule names -> kernel variables (the softmax state lives in m_i, l_i, acc).
 STATE_NAMES = {"m": "m_i", "l": "l_i", "O": "o", "LSE": "lse"}
-UPDATE_RANKS = {"m": "row", "l": "row", "acc": "wide", "s": "tile", "v": "kv"}
+UPDATE_RANKS = {"m": "row", "l": "row", "acc": "wide", "s": "tile", "v": "kv", "qk_scale": "scalar"}
 FINALIZE_RANKS = {"m": "row", "l": "row", "acc": "wide"}
 # The value tile is loaded right before the first rule entry that reads it.
-V_LOAD = ["v = tl.load(V_base + offs_n[:, None] * stride_vn + offs_e[None, :],",
-          "            mask=n_ok[:, None] & (offs_e[None, :] < HEAD_E), other=0.0)  # [BLOCK_N, BLOCK_E]"]
+V_LOAD = ["v = _load_v(V_src, n0, offs_n, offs_e, n_ok, stride_vn, HEAD_E, BLOCK_E, MASKED, USE_TMA)"
+          "  # [BLOCK_N, BLOCK_E]"]
 
 
 def template_text(name: str) -> str:
@@ -66,10 +66,11 @@ def _header(low: Lowered, source_key: str) -> str:
 
 
 def _softmax_hooks(low: Lowered) -> dict[str, str]:
-    """The tile update and the epilogue, printed from the online-softmax node's rule tables."""
-    rules = low.softmax
-    update, _ = print_rules(rules.update, UPDATE_RANKS, names=STATE_NAMES, before_use={"v": V_LOAD})
-    final, _ = print_rules(rules.finalize, FINALIZE_RANKS, names=STATE_NAMES)
+    """The tile update and the epilogue, printed from the online-softmax node's rule tables (in
+    base 2 when the scale folds, :func:`~attncc.codegen.rules.softmax_tables`)."""
+    update_rule, finalize_rule, _merge = softmax_tables(low)
+    update, _ = print_rules(update_rule, UPDATE_RANKS, names=STATE_NAMES, before_use={"v": V_LOAD})
+    final, _ = print_rules(finalize_rule, FINALIZE_RANKS, names=STATE_NAMES)
     return {"SOFTMAX_UPDATE": "\n".join(update), "SOFTMAX_FINALIZE": "\n".join(final)}
 
 
@@ -80,16 +81,18 @@ def _table_ints(low: Lowered) -> list[str]:
     return ["tbl_num_sb", "tbl_num_sh", "tbl_idx_sb", "tbl_idx_sh", "tbl_cols"]
 
 
-def render(low: Lowered, source_key: str) -> str:
-    """Source text of the standalone module of the lowered IR ``low``."""
+def render(low: Lowered, source_key: str, defaults: dict | None = None) -> str:
+    """Source text of the standalone module of the lowered IR ``low``; ``defaults``: its default
+    configs (kind -> head-dim bound -> config; default: the schedule's)."""
     variant = low.variant
     check_names(variant)
     ctx = Context(variant)
     tile_pr = ctx.printer(tile=True)
     bound_pr = ctx.printer(tile=False)
     call_args = f"off_b, off_h, offs_m, offs_n, {ctx.hooks}"
-    tile_call = ("acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K_base, V_base, n0, offs_m, offs_d, offs_e, "
-                 f"off_b, off_h, stride_kn, stride_vn, {ctx.all}, HEAD_D, HEAD_E, BLOCK_N, {{masked}}, DOT_PRECISION)")
+    tile_call = ("acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K_src, V_src, n0, offs_m, offs_d, offs_e, "
+                 f"off_b, off_h, stride_kn, stride_vn, qk_scale, {ctx.all}, HEAD_D, HEAD_E, BLOCK_D, BLOCK_E, "
+                 "BLOCK_N, {masked}, USE_TMA, DOT_PRECISION)")
     hooks = {
         **spec_hooks(low, ctx, tile_pr),
         "HEADER": _header(low, source_key),
@@ -102,7 +105,10 @@ def render(low: Lowered, source_key: str) -> str:
         "LAUNCH": launch_source(),
         "NO_SPECIALIZE": py_literal(["B", "H", "HK", "M", "N", *ctx.scalar_ints, *_table_ints(low)]),
         **_softmax_hooks(low),
+        **fold_hooks(low, tile_pr, call_args),
     }
+    if defaults is not None:
+        hooks["DEFAULT_CONFIGS"] = py_literal({k: dict(v) for k, v in defaults.items()})
     bwd = _backward_hooks(low, ctx, tile_pr, bound_pr, call_args)
     helpers = tile_pr.helpers | bound_pr.helpers | bwd.pop("_helpers")
     hooks.update(bwd)

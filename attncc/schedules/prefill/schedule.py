@@ -22,11 +22,21 @@ from attncc.schedules.space import ConfigSpace
 if TYPE_CHECKING:
     from attncc.autotune.tunable import Shape
 
-# Kernel kind -> head dim bound -> default config.  Chosen from an ahead-of-time sweep so that
-# head dims 64 and 128 (fp16, bf16) have zero spills on sm_90 for every spec tested by
-# tests/codegen/test_aot_specs.py; 256 is a conservative guess (not part of that guarantee).
+# Kernel kind -> head dim bound -> default config.  "fwd" is the forward on sm_90 and newer, chosen
+# from an ahead-of-time sweep (attncc/codegen/sass.py): at head dims 64 and 128 (fp16, bf16) the
+# unmasked key loop of a spec whose tiles read no captured tensor and whose score modification
+# folds (causal, windows, GQA, ...) costs at most 36 SASS instructions per key column of a
+# 128-query tile, with zero spills.  Specs with heavier tiles (captured-tensor loads, a
+# non-linear modification) get HEAVY_FWD instead (module_defaults).  "fwd_pre_sm90": the
+# forward below sm_90 (mma.sync keeps both tiles in registers) and in Triton's interpreter (see
+# attncc.codegen.launch.device_kind).  256 is a conservative guess (not part of those guarantees).
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {
+        64: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
+        128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+        256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+    },
+    "fwd_pre_sm90": {
         64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
         128: {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},
         256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
@@ -40,6 +50,26 @@ DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
         256: {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
     },
 }
+
+# The sm_90 forward of a spec with heavier tiles: zero spills on sm_90 for every built-in softmax spec.
+HEAVY_FWD: dict[int, dict[str, int]] = {
+    64: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+    128: {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+    256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
+}
+
+
+def heavy_tiles(low: Lowered) -> bool:
+    """Whether the forward's tiles do more than the fold and a mask of indices: the score
+    modification does not fold (``low.fold``), or it or the mask reads a captured tensor."""
+    return not low.fold.base2 or bool(E.loads(low.modify)) or bool(E.loads(low.mask))
+
+
+def module_defaults(low: Lowered) -> dict[str, dict[int, dict[str, int]]]:
+    """The default configs emitted into ``low``'s module: :data:`DEFAULT_CONFIGS`, with
+    :data:`HEAVY_FWD` as the sm_90 forward when :func:`heavy_tiles`."""
+    return {**DEFAULT_CONFIGS, "fwd": HEAVY_FWD} if heavy_tiles(low) else dict(DEFAULT_CONFIGS)
+
 
 _TILES = (16, 32, 64, 128)
 
@@ -111,7 +141,7 @@ class PrefillSchedule(Schedule):
         return module_text()
 
     def render(self, low: Lowered, source_key: str) -> str:
-        return render(low, source_key)
+        return render(low, source_key, module_defaults(low))
 
     def space(self, kind: str) -> ConfigSpace:
         self.check_kind(kind)
