@@ -3,8 +3,7 @@
 Each kernel is held to the numbers of the AOT report (``attncc compile SPEC --target T --report``;
 see docs/performance.md): zero spills everywhere; on sm_90 the prefill forward's key loop at
 most 36 instructions per key column of a 128-query tile (fp16 and bf16), its loads through TMA,
-and every matrix product of the prefill backward on wgmma (the targets of issue 12, marked
-``xfail(strict=True)`` until the kernels meet them); on sm_80 the prefill kernels on pointer loads; the decode, chunkwise and recurrent kernels at most the numbers
+and every matrix product of the prefill backward on wgmma (the targets of issue 12); on sm_80 the prefill kernels on pointer loads; the decode, chunkwise and recurrent kernels at most the numbers
 measured when this table was written plus about 10%, with their tensor-core mix, so that a
 regression fails.  One ``report_many`` call per target compiles everything (in the AOT worker
 subprocess, interpreter off).
@@ -120,26 +119,17 @@ def test_report_columns_carry_the_metric_and_loads(sm90: dict) -> None:
 # --------------------------------------------------------------------------- prefill: the issue's targets
 
 
-def _target(dt: str, hd: int, passes_today: bool, what: str) -> pytest.param:
-    marks = () if passes_today else (pytest.mark.xfail(strict=True, reason=f"issue 12: {what}"),)
-    return pytest.param(dt, hd, id=f"{dt}-d{hd}", marks=marks)
+PREFILL_CASES = [pytest.param(dt, hd, id=f"{dt}-d{hd}") for dt in ("fp16", "bf16") for hd in HEAD_DIMS]
 
 
-# Which rows meet the issue's targets with the current kernels (a row that starts passing makes
-# its strict xfail fail: remove the mark then).
-FORWARD_METRIC_TODAY = {("fp16", 64): False, ("bf16", 64): False, ("fp16", 128): False, ("bf16", 128): False}
-
-
-@pytest.mark.parametrize(("dt", "hd"), [_target(dt, hd, ok, "forward key loop over 36 instructions per key column")
-                                        for (dt, hd), ok in FORWARD_METRIC_TODAY.items()])
+@pytest.mark.parametrize(("dt", "hd"), PREFILL_CASES)
 def test_prefill_forward_loop_metric(sm90: dict, dt: str, hd: int) -> None:
     r = sm90[("causal", "attn_fwd", dt, hd)]
     assert r.loop_metric is not None and r.loop_metric <= FORWARD_TARGET, (
         f"{r.kernel} {r.config}: {r.loop_metric} instructions per key column (loop {r.loop_instructions})")
 
 
-@pytest.mark.parametrize(("dt", "hd"), [_target(dt, hd, False, "forward K/V loads are cp.async, not TMA")
-                                        for dt in ("fp16", "bf16") for hd in HEAD_DIMS])
+@pytest.mark.parametrize(("dt", "hd"), PREFILL_CASES)
 def test_prefill_forward_loads_through_tma_on_sm90(sm90: dict, dt: str, hd: int) -> None:
     r = sm90[("causal", "attn_fwd", dt, hd)]
     assert r.loop_tma and not r.loop_cp_async and not r.loop_ldg, (
