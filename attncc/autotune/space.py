@@ -53,7 +53,7 @@ def validate_config(kind: str, config: object, space: ConfigSpace | None = None)
     problem = space.check(config)
     if problem is not None:
         raise ConfigSchemaError(f"invalid {kind} config: {problem}")
-    return {name: int(config[name]) for name in space.names}
+    return space.canonical({name: int(config[name]) for name in space.names if name in config})
 
 
 def default_config(kind: str, head_dim: int, dtype: str) -> Config:

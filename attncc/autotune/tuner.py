@@ -247,12 +247,13 @@ def _distributions(space: ConfigSpace) -> dict[str, Any]:
 
 
 def _params_of(space: ConfigSpace, config: Mapping[str, int]) -> dict[str, int]:
+    config = space.complete(config)
     return {name: space.params[name].index(config[name]) for name in space.names}
 
 
 def _config_of(space: ConfigSpace, params: Mapping[str, Any]) -> Config | None:
     try:
-        return {name: space.params[name][int(params[name])] for name in space.names}
+        return space.canonical({name: space.params[name][int(params[name])] for name in space.names})
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 
@@ -441,7 +442,7 @@ class _Run:
         if not best:
             return None
         value, values = min(best)
-        return dict(zip(self.space.names, values, strict=True)), value
+        return self.space.canonical(dict(zip(self.space.names, values, strict=True))), value
 
 
 def _seed_study(study: Any, space: ConfigSpace, seeds: list[Config]) -> None:

@@ -21,11 +21,14 @@ class ConfigSpace:
 
     ``params`` keeps the declaration order, which is also the order of :meth:`enumerate`.
     ``valid`` rejects combinations that cannot make a sensible kernel (e.g. fewer than four
-    accumulator elements per thread); it receives a complete config.
+    accumulator elements per thread); it receives a complete config.  ``defaults`` names the
+    parameters a config may omit (a launch switch added after configs were cached, such as
+    ``USE_TMA``) and the value an omitted one means; enumeration always includes them.
     """
 
     params: Mapping[str, tuple[int, ...]]
     valid: Callable[[Mapping[str, int]], bool] | None = field(default=None, compare=False)
+    defaults: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ordered = {name: tuple(values) for name, values in self.params.items()}
@@ -35,6 +38,18 @@ class ConfigSpace:
             if len(set(values)) != len(values):
                 raise ValueError(f"config space parameter {name!r} has repeated values")
         object.__setattr__(self, "params", ordered)
+        for name, value in self.defaults.items():
+            if value not in ordered.get(name, ()):
+                raise ValueError(f"config space default {name}={value} is not one of the parameter's values")
+
+    def canonical(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` without the defaulted parameters that hold their default (the stored form:
+        configs cached before such a parameter existed read the same)."""
+        return {n: v for n, v in config.items() if not (n in self.defaults and v == self.defaults[n])}
+
+    def complete(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with every omitted defaulted parameter set to its default."""
+        return {**{n: v for n, v in self.defaults.items() if n not in config}, **config}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -47,12 +62,13 @@ class ConfigSpace:
         return sum(1 for _ in self.iter_valid())
 
     def iter_valid(self) -> Iterator[Config]:
-        """Yield every valid config in declaration order (last parameter varies fastest)."""
+        """Yield every valid config in declaration order (last parameter varies fastest), in
+        :meth:`canonical` form."""
         names = self.names
         for values in itertools.product(*self.params.values()):
             config = dict(zip(names, values, strict=True))
             if self.valid is None or self.valid(config):
-                yield config
+                yield self.canonical(config)
 
     def enumerate(self) -> list[Config]:
         """All valid configs."""
@@ -60,6 +76,7 @@ class ConfigSpace:
 
     def check(self, config: Mapping[str, Any]) -> str | None:
         """Return why ``config`` is not in this space, or ``None`` when it is."""
+        config = self.complete(config)
         missing = [n for n in self.names if n not in config]
         extra = sorted(str(n) for n in config if n not in self.params)
         if missing or extra:
@@ -76,4 +93,5 @@ class ConfigSpace:
 
     def key(self, config: Mapping[str, int]) -> tuple[int, ...]:
         """A hashable identity of ``config`` in declaration order."""
+        config = self.complete(config)
         return tuple(int(config[n]) for n in self.names)

@@ -16,10 +16,12 @@ OPTIMUM = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
 def subspace(kind: str, **values: tuple[int, ...]) -> ConfigSpace:
-    """``SPACES[kind]`` restricted to some values (same constraint)."""
+    """``SPACES[kind]`` restricted to some values (same constraint); a parameter with a default
+    (``USE_TMA``) is held at its default unless given."""
     base = SPACES[kind]
-    params = {name: values.get(name, allowed) for name, allowed in base.params.items()}
-    return ConfigSpace(params, valid=base.valid)
+    params = {name: values.get(name, (base.defaults[name],) if name in base.defaults else allowed)
+              for name, allowed in base.params.items()}
+    return ConfigSpace(params, valid=base.valid, defaults=base.defaults)
 
 
 def fake_registers(config: Mapping[str, int], head_dim: int) -> int:
@@ -93,6 +95,7 @@ def fake_time(config: Mapping[str, int]) -> float:
         + 0.5 * abs(math.log2(config["BLOCK_N"]) - 6)
         + 0.3 * abs(config["num_warps"] - 4) / 2
         + 0.1 * abs(config["num_stages"] - 3)
+        + 0.2 * (config.get("USE_TMA", 1) == 0)  # the pointer path is slower; an omitted USE_TMA means 1
     )
 
 

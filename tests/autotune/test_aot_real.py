@@ -86,17 +86,17 @@ def test_offline_ranking_with_real_ahead_of_time_compilation(sqlite_url: str) ->
 
     assert result.candidates == len(space) == len(tunable.reports) == 8
     assert all(r.target == "sm_90" and 0 < r.registers <= 255 and r.shared_bytes > 0 for r in tunable.reports)
-    by_config = {tuple(r.config[n] for n in space.names): r for r in tunable.reports}
+    by_config = {space.key(r.config): r for r in tunable.reports}
     assert len(by_config) == 8
     # a 128x128 fp32 accumulator over 64 threads needs 256 registers per thread: it must spill
-    spilling = by_config[(128, 128, 2, 2)]
+    spilling = by_config[space.key({"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 2, "num_stages": 2})]
     assert spilling.spills > 0 and not spilling.fits
     pruned = [t for t in result.trials if t.state == "pruned"]
     assert result.pruned == len(pruned) >= 1
     assert all(t.reason and t.reason.startswith("spills") for t in pruned)
-    assert {tuple(t.config.values()) for t in pruned} == {k for k, r in by_config.items() if r.spills}
+    assert {space.key(t.config) for t in pruned} == {k for k, r in by_config.items() if r.spills}
     ranked = [t for t in result.trials if t.state == "ranked"]
     assert len(ranked) == 8 - len(pruned)
     assert [t.value for t in ranked] == sorted(t.value for t in ranked if t.value is not None)
-    assert all(by_config[tuple(t.config.values())].fits for t in ranked)
+    assert all(by_config[space.key(t.config)].fits for t in ranked)
     assert result.best_config == ranked[0].config and result.stored

@@ -13,8 +13,9 @@ from .fakes import FakeTunable
 
 
 def test_spaces_declare_the_issue_parameters() -> None:
-    assert SPACES["fwd"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
-    assert SPACES["bwd"].names == SPACES["fwd"].names
+    assert SPACES["fwd"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "USE_TMA")
+    assert SPACES["fwd"].params["USE_TMA"] == (1, 0) and SPACES["fwd"].defaults == {"USE_TMA": 1}
+    assert SPACES["bwd"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
     assert SPACES["decode"].names == ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
     assert SPACES["decode"].params["BLOCK_M"] == (16,), "decode packs GQA rows: BLOCK_M is a minimum"
     assert SPACES["recurrence"].names == ("CHUNK", "BLOCK_K", "BLOCK_V", "num_warps", "num_stages")
@@ -27,11 +28,28 @@ def test_spaces_declare_the_issue_parameters() -> None:
 def test_enumerate_respects_constraint_and_order() -> None:
     space = SPACES["fwd"]
     configs = space.enumerate()
-    assert len(configs) == len(space) < 4 * 4 * 3 * 4
+    assert len(configs) == len(space) < 4 * 4 * 3 * 4 * 2
     assert all(c in space for c in configs)
     assert {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 8, "num_stages": 1} not in configs  # 1 elem/thread
-    assert configs[0] == {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 2, "num_stages": 1}
-    assert len({tuple(c.values()) for c in configs}) == len(configs)
+    # canonical form: USE_TMA=1 (the default) is omitted, USE_TMA=0 spelled out
+    assert configs[:2] == [{"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 2, "num_stages": 1},
+                           {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 2, "num_stages": 1, "USE_TMA": 0}]
+    assert len({space.key(c) for c in configs}) == len(configs)
+
+
+def test_a_config_cached_before_use_tma_existed_still_validates() -> None:
+    """Defaulted parameters: an omitted USE_TMA means 1; a wrong value is still refused."""
+    from attncc.autotune.space import ConfigSchemaError, validate_config
+
+    old = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+    assert validate_config("fwd", old) == old
+    assert validate_config("fwd", {**old, "USE_TMA": 1}) == old, "the default is stored omitted"
+    assert validate_config("fwd", {**old, "USE_TMA": 0}) == {**old, "USE_TMA": 0}
+    assert SPACES["fwd"].key(old) == SPACES["fwd"].key({**old, "USE_TMA": 1})
+    with pytest.raises(ConfigSchemaError, match="USE_TMA=2"):
+        validate_config("fwd", {**old, "USE_TMA": 2})
+    with pytest.raises(ConfigSchemaError, match="unexpected"):
+        validate_config("bwd", {**old, "USE_TMA": 0})
 
 
 @pytest.mark.parametrize("kind", sorted(SPACES))

@@ -268,5 +268,5 @@ def test_online_run_starts_from_the_offline_ranking_of_its_target(sqlite_url: st
     # one seed: the sm_80 ranking does not seed an sm_90 run
     assert result.offline_seeds == 1 and "started from 1 offline-ranked config" in result.summary()
     trials = sorted(study_trials(sqlite_url, tunable, SHAPE, H100), key=lambda t: t.number)
-    first = {name: SPACES["fwd"].params[name][i] for name, i in trials[0].params.items()}
+    first = SPACES["fwd"].canonical({name: SPACES["fwd"].params[name][i] for name, i in trials[0].params.items()})
     assert first == C3, f"first trial {first}, expected the offline best {C3}"

@@ -81,6 +81,10 @@ def _tile_ok(config: Mapping[str, int]) -> bool:
 
 SPACE = ConfigSpace({"BLOCK_M": _TILES, "BLOCK_N": _TILES, "num_warps": (2, 4, 8), "num_stages": (1, 2, 3, 4)},
                     valid=_tile_ok)
+# The forward also tunes its K/V load path: USE_TMA=1 tensor descriptors where the device and the
+# layout allow them (sm_90+, see attncc.codegen.launch.use_tma), 0 the pointer path.  A config
+# without the key (cached before it existed) means 1.
+FWD_SPACE = ConfigSpace({**SPACE.params, "USE_TMA": (1, 0)}, valid=_tile_ok, defaults={"USE_TMA": 1})
 
 # int32 pointers: the tile log and the block tables of a block-table plan (absent from other variants).
 _INT_TENSORS = ("TILE_LOG", "TBL_NUM", "TBL_IDX", "TBL_FULL_NUM", "TBL_FULL_IDX")
@@ -144,8 +148,7 @@ class PrefillSchedule(Schedule):
         return render(low, source_key, module_defaults(low))
 
     def space(self, kind: str) -> ConfigSpace:
-        self.check_kind(kind)
-        return SPACE
+        return FWD_SPACE if self.check_kind(kind) == "fwd" else SPACE
 
     def flops(self, kind: str, shape: Shape) -> float:
         f = 4.0 * shape.B * shape.H * shape.M * shape.N * (shape.D + shape.E) / 2
