@@ -2,8 +2,8 @@
 
 Each kernel is held to the numbers of the AOT report (``attncc compile SPEC --target T --report``;
 see docs/performance.md): zero spills everywhere; on sm_90 the prefill forward's key loop at
-most 36 instructions per key column of a 128-query tile (fp16 and bf16), its loads through TMA at d64,
-no default kernel with serialized wgmma,
+most 36 instructions per key column of a 128-query tile (fp16 and bf16), its loads through TMA,
+no default kernel with serialized wgmma but the listed exceptions,
 and every matrix product of the prefill backward on wgmma (the targets of issue 12); on sm_80 the prefill kernels on pointer loads; the decode, chunkwise and recurrent kernels at most the numbers
 measured when this table was written plus about 10%, with their tensor-core mix, so that a
 regression fails.  One ``report_many`` call per target compiles everything (in the AOT worker
@@ -98,10 +98,18 @@ def test_default_configs_do_not_spill(sm90: dict, sm80: dict, target: str) -> No
     assert not bad, f"default configs spill or overflow shared memory on {target}:\n" + "\n".join(bad)
 
 
+# Defaults whose wgmma ptxas serializes, on purpose: the d128 forward with tensor descriptors
+# (C7513); through pointers it is not serialized but needs 255 registers and sinks_window spills.
+# Which is faster needs a GPU (the tuner's USE_TMA); every other default must stay asynchronous.
+SERIALIZED_KNOWN = {("causal", "attn_fwd", "fp16", 128), ("causal", "attn_fwd", "bf16", 128)}
+
+
 def test_default_configs_keep_wgmma_asynchronous(sm90: dict) -> None:
     """ptxas serializes wgmma (C7513: non-wgmma instructions define a wgmma's inputs inside its
     pipeline stage) at some tile and load-path combinations; a default must never be one."""
-    bad = [f"{r.kernel} {r.config}" for r in sm90.values() if r.wgmma_serialized]
+    bad = [f"{r.kernel} {r.config}" for key, r in sm90.items() if r.wgmma_serialized and key not in SERIALIZED_KNOWN]
+    known = {key for key, r in sm90.items() if r.wgmma_serialized}
+    assert known == SERIALIZED_KNOWN, f"the known exceptions changed: now {sorted(known)}; update SERIALIZED_KNOWN"
     assert not bad, "default configs whose wgmma ptxas serializes:\n" + "\n".join(bad)
 
 
@@ -139,15 +147,9 @@ def test_prefill_forward_loop_metric(sm90: dict, dt: str, hd: int) -> None:
 
 @pytest.mark.parametrize(("dt", "hd"), PREFILL_CASES)
 def test_prefill_forward_load_path_on_sm90(sm90: dict, dt: str, hd: int) -> None:
-    """d64: K/V through TMA.  d128: cp.async, the default's USE_TMA=0 (with tensor descriptors
-    ptxas serializes that tile's wgmma: test_default_configs_keep_wgmma_asynchronous)."""
     r = sm90[("causal", "attn_fwd", dt, hd)]
-    if hd == 64:
-        assert r.loop_tma and not r.loop_cp_async and not r.loop_ldg, (
-            f"{r.kernel}: key loop TMA/cp.async/LDG {r.loop_tma}/{r.loop_cp_async}/{r.loop_ldg}")
-    else:
-        assert r.loop_cp_async and not r.loop_tma, (
-            f"{r.kernel}: key loop TMA/cp.async/LDG {r.loop_tma}/{r.loop_cp_async}/{r.loop_ldg}")
+    assert r.loop_tma and not r.loop_cp_async and not r.loop_ldg, (
+        f"{r.kernel}: key loop TMA/cp.async/LDG {r.loop_tma}/{r.loop_cp_async}/{r.loop_ldg}")
 
 
 @pytest.mark.parametrize("hd", [pytest.param(hd, id=f"d{hd}") for hd in HEAD_DIMS])

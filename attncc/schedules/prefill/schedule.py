@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 DEFAULT_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
     "fwd": {
         64: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3},
-        # d128 reads K/V through pointers: with tensor descriptors at this tile ptxas serializes
-        # the wgmma (C7513; 192 registers), through pointers it keeps them asynchronous (255
-        # registers, no spills, 34.6 instructions per key column).  The tuner may still pick USE_TMA=1.
-        128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": 0},
+        # d128: with tensor descriptors ptxas serializes this tile's wgmma (C7513, 192 registers);
+        # through pointers (USE_TMA=0) it does not, but takes 255 registers and sinks_window spills
+        # 440 B.  Which is faster needs a GPU: the tuner chooses; the budget test lists the exception.
+        128: {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
         256: {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2},
     },
     "fwd_pre_sm90": {
