@@ -46,3 +46,20 @@ def naive_recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
         outs[t] = torch.einsum("bhk,bhkv->bhv", fq[:, :, t], state)
     o = torch.stack(outs, 2) if T else v.new_zeros(B, H, 0, V)
     return o, state
+
+
+# A bidirectional GLA spec (ViG-style), shared by the single-process and the distributed tests.
+BIDIRECTIONAL = '''
+name = "gla_bidirectional"
+description = "GLA over both directions (ViG-style)."
+[inputs]
+q = "b h t k"
+k = "b h t k"
+v = "b h t v"
+g = "b h t k"
+[state]
+gate = "g[b, h, t, k]"
+direction = "bidirectional"
+[cascade]
+normalize = "none"
+'''

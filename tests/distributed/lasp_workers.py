@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from recurrence_reference import FEATURES, naive_recurrence
+from recurrence_reference import BIDIRECTIONAL, FEATURES, naive_recurrence
 from reference import assert_close_to_golden
 
 import attncc
@@ -28,21 +28,6 @@ from attncc.spec.loader import load_text
 H = 2
 K = V = 16
 CONFIG = {"CHUNK": 16, "BLOCK_K": 16, "BLOCK_V": 16, "num_warps": 4, "num_stages": 1}
-
-BIDIRECTIONAL = '''
-name = "gla_bidirectional"
-description = "GLA over both directions (ViG-style)."
-[inputs]
-q = "b h t k"
-k = "b h t k"
-v = "b h t v"
-g = "b h t k"
-[state]
-gate = "g[b, h, t, k]"
-direction = "bidirectional"
-[cascade]
-normalize = "none"
-'''
 
 POSITIONAL = '''
 name = "positional_decay"

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from recurrence_reference import FEATURES, naive_recurrence
+from recurrence_reference import BIDIRECTIONAL, FEATURES, naive_recurrence
 from reference import assert_close_to_golden
 
 import attncc
@@ -139,22 +139,6 @@ def test_packed_sequences_equal_separate_calls() -> None:
         lo, hi = int(cu[i]), int(cu[i + 1])
         assert torch.allclose(o[:, :, lo:hi], oi, atol=1e-5), f"sequence {i}: output"
         assert torch.allclose(final[i:i + 1], fi, atol=1e-5), f"sequence {i}: final state"
-
-
-BIDIRECTIONAL = '''
-name = "gla_bidirectional"
-description = "GLA over both directions (ViG-style)."
-[inputs]
-q = "b h t k"
-k = "b h t k"
-v = "b h t v"
-g = "b h t k"
-[state]
-gate = "g[b, h, t, k]"
-direction = "bidirectional"
-[cascade]
-normalize = "none"
-'''
 
 
 def test_bidirectional_is_the_sum_of_both_directions() -> None:
